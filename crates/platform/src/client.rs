@@ -1,0 +1,155 @@
+//! Resilient outgoing HTTP: per-attempt timeout, retries with backoff + jitter, circuit breaker,
+//! and W3C trace propagation.
+
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::breaker::CircuitBreaker;
+use crate::trace_context::{self, TRACEPARENT, TraceContext};
+
+/// Retry and breaker settings for one downstream dependency.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts per call, the first included.
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    pub breaker_failure_threshold: u32,
+    #[serde(with = "humantime_serde")]
+    pub breaker_open_for: Duration,
+}
+
+/// Why a call failed after all attempts.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("circuit open for {0}: call not attempted")]
+    CircuitOpen(&'static str),
+    #[error("transport error: {0}")]
+    Transport(String),
+    #[error("downstream answered {status}")]
+    Status { status: u16, retry_after: Option<Duration> },
+}
+
+/// An HTTP client for one dependency (e.g. notification-service).
+#[derive(Debug)]
+pub struct ResilientClient {
+    name: &'static str,
+    http: reqwest::Client,
+    config: ClientConfig,
+    breaker: CircuitBreaker,
+}
+
+impl ResilientClient {
+    pub fn new(name: &'static str, config: ClientConfig) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .user_agent(concat!("quilla-platform/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let breaker = CircuitBreaker::new(name, config.breaker_failure_threshold, config.breaker_open_for);
+        Ok(Self { name, http, config, breaker })
+    }
+
+    /// Sends the request built by `build` (called once per attempt), retrying transport errors,
+    /// 429 and 5xx. Only use it for idempotent requests: a retry may repeat a request whose
+    /// response was lost. `trace` is the parent context (the current request's when `None`).
+    pub async fn send_idempotent<F>(&self, trace: Option<TraceContext>, build: F) -> Result<reqwest::Response, ClientError>
+    where
+        F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    {
+        let parent = trace.or_else(trace_context::current).unwrap_or_else(TraceContext::new_root);
+        let mut attempt = 1;
+        loop {
+            if !self.breaker.allow() {
+                return Err(ClientError::CircuitOpen(self.name));
+            }
+            let started = std::time::Instant::now();
+            let outcome = build(&self.http).header(TRACEPARENT, parent.child().to_string()).send().await;
+            let result = match outcome {
+                Ok(response) if response.status().is_success() => Ok(response),
+                Ok(response) => {
+                    let retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    Err(ClientError::Status { status: response.status().as_u16(), retry_after })
+                }
+                Err(error) => Err(ClientError::Transport(error_chain(&error))),
+            };
+            let retryable = match &result {
+                Ok(_) => {
+                    self.breaker.record_success();
+                    return result;
+                }
+                Err(ClientError::Status { status, .. }) if *status < 500 && *status != 429 => {
+                    // The dependency is healthy; the request itself is wrong. Retrying will not help.
+                    self.breaker.record_success();
+                    false
+                }
+                Err(_) => {
+                    self.breaker.record_failure();
+                    true
+                }
+            };
+            metrics::histogram!("http_client_request_duration_seconds", "client" => self.name)
+                .record(started.elapsed().as_secs_f64());
+            if !retryable || attempt >= self.config.max_attempts {
+                return result;
+            }
+            let server_hint = match &result {
+                Err(ClientError::Status { retry_after, .. }) => *retry_after,
+                _ => None,
+            };
+            let delay = server_hint.unwrap_or_else(|| backoff(attempt, self.config.backoff_base, self.config.backoff_max));
+            tracing::debug!(client = self.name, attempt, ?delay, error = ?result.as_ref().err(), "retrying");
+            tokio::time::sleep(delay.min(self.config.backoff_max)).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: a random delay in `[0, min(max, base * 2^(attempt-1))]`.
+pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(20);
+    let ceiling = base.saturating_mul(1 << exponent).min(max);
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::rng().random_range(0..=millis))
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn backoff_stays_within_exponential_ceiling(attempt in 1u32..40, base_ms in 1u64..1000, max_ms in 1u64..60_000) {
+            let base = Duration::from_millis(base_ms);
+            let max = Duration::from_millis(max_ms);
+            let delay = backoff(attempt, base, max);
+            let ceiling = base.saturating_mul(1 << (attempt - 1).min(20)).min(max);
+            prop_assert!(delay <= ceiling);
+        }
+    }
+}

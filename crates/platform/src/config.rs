@@ -1,0 +1,284 @@
+//! Layered, typed service configuration: embedded defaults, then an optional file, then env vars.
+//!
+//! Precedence (last wins):
+//! 1. the service's `config/default.toml`, compiled into the binary;
+//! 2. the TOML file named by `QUILLA_CONFIG`, if set (Kubernetes mounts the overlay's ConfigMap here);
+//! 3. environment variables `QUILLA_<SECTION>__<KEY>` (`__` separates nesting levels, e.g.
+//!    `QUILLA_DATABASE__MAX_CONNECTIONS=20`). Only names containing `__` are read, so unrelated
+//!    `QUILLA_*` variables (such as `QUILLA_CONFIG` itself) never leak into the config.
+//!
+//! Unknown keys are errors (a misspelt override must not be silently ignored), and every error
+//! names the exact key and the source that set it.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// Prefix of every environment variable that overrides configuration.
+pub const ENV_PREFIX: &str = "QUILLA_";
+/// Environment variable naming an optional override file.
+pub const CONFIG_FILE_ENV: &str = "QUILLA_CONFIG";
+
+/// A configuration problem, always tied to the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key, e.g. `database.max_connections`.
+    pub key: String,
+    /// What is wrong with it, and where the bad value came from when known.
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self { key: key.into(), problem: problem.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: `{}`: {}", self.key, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Implemented by each service's top-level config struct.
+pub trait ServiceConfig: DeserializeOwned + Serialize + fmt::Debug + Send + Sync + 'static {
+    fn server(&self) -> &ServerConfig;
+    fn telemetry(&self) -> &TelemetryConfig;
+    fn aws(&self) -> &AwsConfig;
+    /// Every secret in the config with its dotted key, so references can be resolved at startup.
+    fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)>;
+    /// Cross-field checks that types alone cannot express. Default: none.
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+/// Where configuration comes from; tests build one explicitly instead of reading the process.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub defaults: &'static str,
+    pub file: Option<PathBuf>,
+    /// Read `QUILLA_*__*` environment variables.
+    pub env: bool,
+    /// Extra TOML applied last (tests use it to point at their database and ports).
+    pub overrides: Option<String>,
+}
+
+impl Sources {
+    /// The production layering: embedded defaults, `$QUILLA_CONFIG`, environment.
+    pub fn from_process(defaults: &'static str) -> Self {
+        Self {
+            defaults,
+            file: std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from),
+            env: true,
+            overrides: None,
+        }
+    }
+}
+
+/// Loads and validates a service config from its sources.
+pub fn load<C: ServiceConfig>(sources: &Sources) -> Result<C, ConfigError> {
+    let mut figment = Figment::from(Toml::string(sources.defaults));
+    if let Some(path) = &sources.file {
+        if !path.is_file() {
+            return Err(ConfigError::new(
+                CONFIG_FILE_ENV,
+                format!("file {} does not exist or is not a file", path.display()),
+            ));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    if sources.env {
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX).filter(|key| key.as_str().contains("__")).split("__"),
+        );
+    }
+    if let Some(extra) = &sources.overrides {
+        figment = figment.merge(Toml::string(extra));
+    }
+    let config: C = figment.extract().map_err(|e| from_figment(&e))?;
+    config.server().validate()?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn from_figment(error: &figment::Error) -> ConfigError {
+    let mut path = error.path.clone();
+    let problem = match &error.kind {
+        figment::error::Kind::MissingField(field) => {
+            push_unless_last(&mut path, field);
+            "is required but not set".to_owned()
+        }
+        figment::error::Kind::UnknownField(field, _) => {
+            push_unless_last(&mut path, field);
+            "is not a known setting".to_owned()
+        }
+        other => other.to_string(),
+    };
+    let origin = error.metadata.as_ref().map(|metadata| match &metadata.source {
+        Some(source) => format!("{} ({source})", metadata.name),
+        None => metadata.name.to_string(),
+    });
+    let key = if path.is_empty() { "<root>".to_owned() } else { path.join(".") };
+    match origin {
+        Some(origin) => ConfigError::new(key, format!("{problem} (from {origin})")),
+        None => ConfigError::new(key, problem),
+    }
+}
+
+fn push_unless_last(path: &mut Vec<String>, field: &str) {
+    if path.last().map(String::as_str) != Some(field) {
+        path.push(field.to_owned());
+    }
+}
+
+/// Renders the effective config as TOML with every secret redacted (`--print-config`).
+pub fn render_redacted<C: ServiceConfig>(config: &C) -> String {
+    toml::to_string_pretty(config).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+}
+
+/// HTTP listener settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: IpAddr,
+    pub port: u16,
+    /// A request that takes longer is answered 503 and its work is cancelled.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Largest accepted request body in bytes; larger bodies get 413.
+    pub body_limit_bytes: usize,
+    /// After SIGTERM, `/ready` answers 503 for this long so load balancers stop routing here.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// After the drain delay, in-flight requests get this long to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Serve HTTPS when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.request_timeout.is_zero() {
+            return Err(ConfigError::new("server.request_timeout", "must be greater than zero"));
+        }
+        if self.body_limit_bytes == 0 {
+            return Err(ConfigError::new("server.body_limit_bytes", "must be greater than zero"));
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("server.tls.cert_path", &tls.cert_path), ("server.tls.key_path", &tls.key_path)] {
+                if !path.is_file() {
+                    return Err(ConfigError::new(key, format!("file {} does not exist", path.display())));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// PEM files for the optional HTTPS listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+/// Log format: JSON lines in clusters, human-readable locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Logging and tracing settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info,sqlx=warn`.
+    pub log_level: String,
+}
+
+/// AWS settings for Secrets Manager references.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    pub region: String,
+    /// Custom endpoint (an emulator in tests); empty means the real AWS endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+}
+
+/// PostgreSQL connection settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    /// `disable`, `prefer`, `require`, `verify-ca` or `verify-full`; prod overlays use `require` or stricter.
+    pub ssl_mode: SslMode,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Per-statement timeout enforced by PostgreSQL.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Run embedded migrations at startup.
+    pub migrate_on_start: bool,
+}
+
+impl DatabaseConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_connections == 0 {
+            return Err(ConfigError::new("database.max_connections", "must be at least 1"));
+        }
+        if self.min_connections > self.max_connections {
+            return Err(ConfigError::new(
+                "database.min_connections",
+                "must not exceed database.max_connections",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// PostgreSQL TLS mode, as libpq names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// Redis connection and cache settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: Secret,
+    pub pool_size: usize,
+    /// Budget for one cache operation; slower counts as a failure and falls back to PostgreSQL.
+    #[serde(with = "humantime_serde")]
+    pub operation_timeout: Duration,
+    /// Consecutive failures that open the circuit.
+    pub breaker_failure_threshold: u32,
+    /// How long the circuit stays open before one trial call.
+    #[serde(with = "humantime_serde")]
+    pub breaker_open_for: Duration,
+}

@@ -1,0 +1,24 @@
+//! Quilla's shared runtime: everything a service needs besides its own domain logic.
+
+pub mod breaker;
+pub mod cache;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod extract;
+pub mod ids;
+pub mod metrics;
+pub mod problem;
+pub mod secret;
+pub mod secrets_manager;
+pub mod server;
+pub mod telemetry;
+pub mod trace_context;
+pub mod webhook_signature;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use problem::{FieldError, Problem};
+pub use secret::Secret;

@@ -1,0 +1,79 @@
+//! A credential that cannot be printed by accident: `Debug`, `Display` and `Serialize` all redact it.
+
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// What every redacted secret renders as.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Prefix of a value that names an AWS Secrets Manager entry instead of holding the secret itself:
+/// `aws-sm://<secret-id>` or `aws-sm://<secret-id>#<json-key>`.
+pub const AWS_SM_SCHEME: &str = "aws-sm://";
+
+/// A secret config value (password, URL with credentials, signing key).
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(SecretString::from(value.into()))
+    }
+
+    /// The only way to read the value: call sites are easy to audit.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// The Secrets Manager reference this value holds, if it is one (`(secret_id, json_key)`).
+    pub fn aws_reference(&self) -> Option<(&str, Option<&str>)> {
+        let rest = self.expose().strip_prefix(AWS_SM_SCHEME)?;
+        Some(match rest.split_once('#') {
+            Some((id, key)) => (id, Some(key)),
+            None => (rest, None),
+        })
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.aws_reference() {
+            // A reference is not itself secret, and showing it helps operators.
+            Some(_) => serializer.serialize_str(self.expose()),
+            None => serializer.serialize_str(REDACTED),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_serialize_never_show_the_value() {
+        let secret = Secret::new("hunter2-very-secret");
+        assert_eq!(format!("{secret:?}"), REDACTED);
+        let json = serde_json::to_string(&secret).expect("serializes");
+        assert!(!json.contains("hunter2"), "{json}");
+    }
+
+    #[test]
+    fn aws_reference_is_parsed_with_and_without_json_key() {
+        assert_eq!(Secret::new("aws-sm://prod/db#password").aws_reference(), Some(("prod/db", Some("password"))));
+        assert_eq!(Secret::new("aws-sm://prod/hmac").aws_reference(), Some(("prod/hmac", None)));
+        assert_eq!(Secret::new("plain").aws_reference(), None);
+    }
+}

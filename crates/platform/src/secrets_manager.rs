@@ -1,0 +1,94 @@
+//! Resolves `aws-sm://<secret-id>[#json-key]` config values from AWS Secrets Manager once, at startup.
+
+use std::collections::HashMap;
+
+use aws_config::{BehaviorVersion, Region};
+
+use crate::config::{AwsConfig, ConfigError, ServiceConfig};
+use crate::secret::Secret;
+
+/// Replaces every secret reference in `config` with the value it names.
+///
+/// Each secret id is fetched once even when several keys point into the same JSON document.
+/// Errors name the config key, never the secret value.
+pub async fn resolve_references<C: ServiceConfig>(config: &mut C) -> Result<(), ConfigError> {
+    let aws = config.aws().clone();
+    let mut client = None;
+    let mut fetched: HashMap<String, String> = HashMap::new();
+    for (key, secret) in config.secrets_mut() {
+        let Some((secret_id, json_key)) = secret.aws_reference() else { continue };
+        let (secret_id, json_key) = (secret_id.to_owned(), json_key.map(str::to_owned));
+        let client = match &client {
+            Some(c) => c,
+            None => client.insert(secrets_manager_client(&aws).await),
+        };
+        if !fetched.contains_key(&secret_id) {
+            let value = fetch(client, &secret_id).await.map_err(|problem| ConfigError::new(key, problem))?;
+            fetched.insert(secret_id.clone(), value);
+        }
+        let document = &fetched[&secret_id];
+        let value = match json_key {
+            None => document.clone(),
+            Some(field) => extract_field(document, &field).map_err(|problem| ConfigError::new(key, problem))?,
+        };
+        *secret = Secret::new(value);
+    }
+    Ok(())
+}
+
+async fn secrets_manager_client(aws: &AwsConfig) -> aws_sdk_secretsmanager::Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(aws.region.clone()));
+    if let Some(endpoint) = &aws.endpoint_url {
+        loader = loader.endpoint_url(endpoint);
+    }
+    aws_sdk_secretsmanager::Client::new(&loader.load().await)
+}
+
+async fn fetch(client: &aws_sdk_secretsmanager::Client, secret_id: &str) -> Result<String, String> {
+    let output = client
+        .get_secret_value()
+        .secret_id(secret_id)
+        .send()
+        .await
+        .map_err(|e| format!("cannot read AWS Secrets Manager secret `{secret_id}`: {}", aws_error_text(&e)))?;
+    output
+        .secret_string()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("AWS Secrets Manager secret `{secret_id}` has no string value"))
+}
+
+fn aws_error_text<E: std::error::Error>(error: &E) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn extract_field(document: &str, field: &str) -> Result<String, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(document).map_err(|_| format!("secret is not a JSON object, so `#{field}` cannot be read"))?;
+    match value.get(field) {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+        Some(_) => Err(format!("field `{field}` of the secret is not a string or number")),
+        None => Err(format!("secret has no field `{field}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::extract_field;
+
+    #[test]
+    fn extracts_string_and_number_fields() {
+        let doc = r#"{"username":"app","port":5432}"#;
+        assert_eq!(extract_field(doc, "username").as_deref(), Ok("app"));
+        assert_eq!(extract_field(doc, "port").as_deref(), Ok("5432"));
+        assert!(extract_field(doc, "password").unwrap_err().contains("no field `password`"));
+        assert!(extract_field("not json", "x").unwrap_err().contains("not a JSON object"));
+    }
+}

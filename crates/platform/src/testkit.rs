@@ -1,0 +1,128 @@
+//! Test helpers: a fresh database per test, throwaway Redis servers, services on random ports.
+//!
+//! `cargo xtask test` starts PostgreSQL, Redis and moto and exports their addresses:
+//! `QUILLA_TEST_DATABASE_URL` (superuser URL), `QUILLA_TEST_REDIS_URL`, `QUILLA_TEST_AWS_ENDPOINT`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::server::{Lifecycle, Service};
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the suite with `cargo xtask test`, which starts PostgreSQL, Redis and moto")
+    })
+}
+
+/// Creates an empty database with a unique name and returns its URL.
+pub async fn fresh_database() -> String {
+    use sqlx::Connection;
+    let admin_url = required_env("QUILLA_TEST_DATABASE_URL");
+    let name = format!("test_{}", ulid::Ulid::new().to_string().to_ascii_lowercase());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("connect to the test PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut admin).await.expect("create test database");
+    let mut url = url::Url::parse(&admin_url).expect("QUILLA_TEST_DATABASE_URL is a URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
+/// The shared test Redis.
+pub fn shared_redis_url() -> String {
+    required_env("QUILLA_TEST_REDIS_URL")
+}
+
+/// The AWS API emulator endpoint (moto).
+pub fn aws_endpoint() -> String {
+    required_env("QUILLA_TEST_AWS_ENDPOINT")
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A private Redis server that a test may stop and restart.
+#[derive(Debug)]
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let mut server = Self { port: free_port(), child: None };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL): connections drop as in a crash.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(10));
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits until something accepts connections on the loopback port.
+pub fn wait_for_port(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listening on port {port} after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A service running in-process on a random port.
+#[derive(Debug)]
+pub struct TestServer {
+    pub address: SocketAddr,
+    pub lifecycle: Lifecycle,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    /// Serves `service` on 127.0.0.1 with a random port.
+    pub async fn start(service: Service, config: &crate::config::ServerConfig) -> Self {
+        crate::cli::install_crypto_provider();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a random port");
+        let address = listener.local_addr().expect("local address");
+        let lifecycle = Lifecycle::new();
+        let task = tokio::spawn(crate::server::serve(service, config.clone(), listener, lifecycle.clone()));
+        Self { address, lifecycle, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Triggers graceful shutdown and waits for it to finish.
+    pub async fn stop(self) {
+        self.lifecycle.shutdown();
+        self.task.await.expect("server task").expect("server stopped cleanly");
+    }
+}

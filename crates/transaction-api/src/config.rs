@@ -1,0 +1,139 @@
+//! transaction-api configuration: platform sections plus transactions, webhook and outbox.
+
+use std::time::Duration;
+
+use platform::Secret;
+use platform::client::ClientConfig;
+use platform::config::{AwsConfig, ConfigError, DatabaseConfig, RedisConfig, ServerConfig, ServiceConfig, TelemetryConfig};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// The embedded defaults.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub telemetry: TelemetryConfig,
+    pub aws: AwsConfig,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub transactions: TransactionsConfig,
+    pub webhook: WebhookConfig,
+    pub outbox: OutboxConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionsConfig {
+    #[serde(with = "rust_decimal::serde::str")]
+    pub max_amount: Decimal,
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub signing_key: Secret,
+    pub client: ClientConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    pub batch_size: u32,
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+impl ServiceConfig for Config {
+    fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+
+    fn aws(&self) -> &AwsConfig {
+        &self.aws
+    }
+
+    fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)> {
+        vec![
+            ("database.url", &mut self.database.url),
+            ("redis.url", &mut self.redis.url),
+            ("webhook.signing_key", &mut self.webhook.signing_key),
+        ]
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.database.validate()?;
+        if self.transactions.max_amount <= Decimal::ZERO {
+            return Err(ConfigError::new("transactions.max_amount", "must be greater than zero"));
+        }
+        if self.webhook.signing_key.expose().is_empty() {
+            return Err(ConfigError::new("webhook.signing_key", "is required: set it to the key shared with notification-service"));
+        }
+        if self.webhook.signing_key.aws_reference().is_none() && self.webhook.signing_key.expose().len() < 32 {
+            return Err(ConfigError::new("webhook.signing_key", "must be at least 32 characters"));
+        }
+        match url::Url::parse(&self.webhook.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            _ => return Err(ConfigError::new("webhook.url", "must be an http or https URL")),
+        }
+        if self.webhook.client.max_attempts == 0 {
+            return Err(ConfigError::new("webhook.client.max_attempts", "must be at least 1"));
+        }
+        if self.outbox.batch_size == 0 {
+            return Err(ConfigError::new("outbox.batch_size", "must be at least 1"));
+        }
+        if self.outbox.max_attempts == 0 {
+            return Err(ConfigError::new("outbox.max_attempts", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use platform::config::{Sources, load};
+
+    fn with(overrides: &str) -> Result<Config, ConfigError> {
+        load(&Sources { defaults: DEFAULTS, file: None, env: false, overrides: Some(overrides.to_owned()) })
+    }
+
+    const KEY: &str = "[webhook]\nsigning_key = \"0123456789abcdef0123456789abcdef\"\n";
+
+    #[test]
+    fn defaults_load_once_the_signing_key_is_set() {
+        let config = with(KEY).expect("valid");
+        assert_eq!(config.server.port, 8080);
+        assert_eq!(config.transactions.max_amount, Decimal::from(1_000_000_000));
+    }
+
+    #[test]
+    fn missing_signing_key_names_the_key() {
+        let error = with("").expect_err("signing key is required");
+        assert_eq!(error.key, "webhook.signing_key");
+    }
+
+    #[test]
+    fn wrong_types_and_unknown_keys_name_the_key() {
+        let error = with(&format!("{KEY}[server]\nport = \"eighty\"\n")).expect_err("port must be a number");
+        assert_eq!(error.key, "server.port", "{error}");
+        let error = with(&format!("{KEY}[outbox]\nmax_attempts = 3\nmax_atempts = 4\n")).expect_err("typo");
+        assert_eq!(error.key, "outbox.max_atempts", "{error}");
+        let error = with(&format!("{KEY}[transactions]\nmax_amount = \"lots\"\n")).expect_err("not a decimal");
+        assert_eq!(error.key, "transactions.max_amount", "{error}");
+    }
+}

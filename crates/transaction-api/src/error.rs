@@ -1,0 +1,52 @@
+//! The one error type of transaction-api handlers and its mapping to problem+json.
+
+use axum::response::{IntoResponse, Response};
+use platform::{FieldError, Problem};
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid request")]
+    Validation(Vec<FieldError>),
+    #[error("transaction {0} not found")]
+    NotFound(String),
+    #[error("idempotency key reused with a different request")]
+    IdempotencyKeyReused,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::IdempotencyKeyReused => Self::IdempotencyKeyReused,
+            StoreError::Database(e) => Self::Database(e),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = match &self {
+            Self::Validation(errors) => Problem::validation(errors.clone()),
+            Self::NotFound(id) => Problem::not_found(format!("no transaction with id `{id}`")),
+            Self::IdempotencyKeyReused => Problem::unprocessable(
+                "idempotency-key-reused",
+                "Idempotency key reused",
+                "this Idempotency-Key was already used with a different request body; use a new key",
+            ),
+            Self::Database(error) if is_unavailable(error) => {
+                tracing::error!(%error, "database unavailable");
+                Problem::service_unavailable("the database is unavailable; retry later")
+            }
+            Self::Database(error) => Problem::internal_logged(error),
+        };
+        problem.into_response()
+    }
+}
+
+/// Pool exhaustion and lost connections are transient: 503 tells clients to retry.
+fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+}

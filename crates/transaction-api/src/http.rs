@@ -1,0 +1,169 @@
+//! HTTP handlers: create and read transactions.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use platform::cache::Cache;
+use platform::extract::ApiJson;
+use platform::{FieldError, Problem};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::error::ApiError;
+use crate::money::{Money, parse_currency, parse_decimal};
+use crate::outbox;
+use crate::store::{self, Created, NewTransaction, Transaction};
+
+/// Header carrying the client's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Shared handler state.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub cache: Arc<Cache>,
+    pub max_amount: Decimal,
+    pub cache_ttl: std::time::Duration,
+    pub wake_dispatcher: Arc<Notify>,
+}
+
+/// `POST /transactions` body. The amount is a JSON number or a string holding a decimal; it is
+/// read from the exact text, never through a float.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTransaction {
+    #[schema(example = "u1")]
+    pub user_id: String,
+    #[schema(value_type = String, example = "100.50")]
+    pub amount: serde_json::Value,
+    #[schema(example = "BRL")]
+    pub currency: String,
+}
+
+impl CreateTransaction {
+    /// Checks every field and reports all problems at once.
+    fn validate(&self, max_amount: Decimal) -> Result<NewTransaction, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let user_id = self.user_id.trim();
+        if user_id.is_empty() || user_id.len() > 128 || user_id.chars().any(char::is_control) {
+            errors.push(FieldError::new("user_id", "must be 1 to 128 printable characters"));
+        }
+        let currency = parse_currency(&self.currency).map_err(|e| errors.push(FieldError::new("currency", e.to_string())));
+        let amount_text = match &self.amount {
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::String(s) => Some(s.clone()),
+            _ => None,
+        };
+        let amount = amount_text
+            .ok_or(crate::money::MoneyError::NotADecimal)
+            .and_then(|t| parse_decimal(&t))
+            .map_err(|e| errors.push(FieldError::new("amount", e.to_string())));
+        let money = match (amount, currency) {
+            (Ok(amount), Ok(currency)) => Money::new(amount, currency, max_amount)
+                .map_err(|e| errors.push(FieldError::new("amount", e.to_string())))
+                .ok(),
+            _ => None,
+        };
+        match money {
+            Some(money) if errors.is_empty() => Ok(NewTransaction { user_id: user_id.to_owned(), money }),
+            _ => Err(errors),
+        }
+    }
+}
+
+fn cache_key(id: &str) -> String {
+    format!("txn:{id}")
+}
+
+/// Create a transaction.
+#[utoipa::path(
+    post,
+    path = "/transactions",
+    request_body = CreateTransaction,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays return the original response; reuse with another body is 422")),
+    responses(
+        (status = 201, description = "Created (or replayed)", body = Transaction, headers(("Location" = String))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields or reused idempotency key", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "transactions"
+)]
+pub async fn create_transaction(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateTransaction>,
+) -> Result<Response, ApiError> {
+    let idempotency_key = idempotency_key(&headers)?;
+    let new = body.validate(state.max_amount).map_err(ApiError::Validation)?;
+    let id = platform::ids::new_id("txn");
+    let traceparent = platform::trace_context::current().map(|c| c.to_string());
+    let created = store::create(&state.pool, &id, &new, idempotency_key.as_deref(), |t| {
+        outbox::transaction_created(t, traceparent)
+    })
+    .await?;
+    let (transaction, replayed) = match created {
+        Created::New(t) => {
+            state.wake_dispatcher.notify_one();
+            metrics::counter!("transactions_created_total", "currency" => t.currency.clone()).increment(1);
+            if let Ok(major) = t.amount.parse::<f64>() {
+                // Metrics are approximate by nature; the stored amount stays exact.
+                metrics::histogram!("transaction_amount", "currency" => t.currency.clone()).record(major);
+            }
+            state.cache.set(&cache_key(&t.id), &t, state.cache_ttl).await;
+            (t, false)
+        }
+        Created::Replayed(t) => (t, true),
+    };
+    let mut response = (StatusCode::CREATED, Json(&transaction)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/transactions/{}", transaction.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key.to_owned()))
+        }
+        _ => Err(ApiError::Validation(vec![FieldError::new(
+            "",
+            "the Idempotency-Key header must be 1 to 255 printable ASCII characters",
+        )])),
+    }
+}
+
+/// Fetch a transaction by id (served from the Redis cache when possible).
+#[utoipa::path(
+    get,
+    path = "/transactions/{id}",
+    params(("id" = String, Path, description = "Transaction id (txn_...)")),
+    responses(
+        (status = 200, description = "The transaction", body = Transaction),
+        (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
+    ),
+    tag = "transactions"
+)]
+pub async fn get_transaction(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Transaction>, ApiError> {
+    if !platform::ids::is_valid_id("txn", &id) {
+        return Err(ApiError::NotFound(id));
+    }
+    let pool = &state.pool;
+    let found = state
+        .cache
+        .get_or_load(&cache_key(&id), state.cache_ttl, || store::find(pool, &id))
+        .await?;
+    found.map(Json).ok_or(ApiError::NotFound(id))
+}

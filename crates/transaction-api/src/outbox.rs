@@ -1,0 +1,218 @@
+//! Outbox dispatcher: delivers pending events to notification-service, signed, with retries;
+//! events that exhaust their attempts become dead letters. Safe with many replicas.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use platform::client::{ClientError, ResilientClient, backoff};
+use platform::trace_context::TraceContext;
+use platform::webhook_signature::{self, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use platform::Secret;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::OutboxConfig;
+use crate::store::{OutboxEvent, Transaction};
+
+/// The event type announcing a new transaction.
+pub const TRANSACTION_CREATED: &str = "transaction.created";
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    created_at: DateTime<Utc>,
+    data: &'a Transaction,
+}
+
+/// Builds the `transaction.created` event for a transaction.
+pub fn transaction_created(transaction: &Transaction, traceparent: Option<String>) -> OutboxEvent {
+    let event_id = platform::ids::new_id("evt");
+    let envelope = Envelope { id: &event_id, event_type: TRANSACTION_CREATED, created_at: Utc::now(), data: transaction };
+    let payload = serde_json::to_string(&envelope).unwrap_or_else(|_| unreachable!("plain structs serialise"));
+    OutboxEvent { event_id, event_type: TRANSACTION_CREATED, payload, traceparent }
+}
+
+/// Where and how events are delivered.
+#[derive(Debug)]
+pub struct Dispatcher {
+    pub pool: PgPool,
+    pub client: ResilientClient,
+    pub url: String,
+    pub signing_key: Secret,
+    pub config: OutboxConfig,
+    /// Poked after each commit so new events go out at once instead of at the next poll.
+    pub wake: Arc<Notify>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Pending {
+    event_id: String,
+    payload: String,
+    traceparent: Option<String>,
+    attempts: i32,
+}
+
+enum Delivery {
+    Delivered,
+    Failed(String),
+    /// The circuit is open: nothing was sent, so no attempt is counted.
+    NotAttempted,
+}
+
+impl Dispatcher {
+    /// Runs until `stop` is cancelled.
+    pub async fn run(self, stop: CancellationToken) {
+        tracing::info!(url = %self.url, "outbox dispatcher started");
+        let mut last_gauges = Instant::now() - Duration::from_secs(60);
+        loop {
+            loop {
+                match self.dispatch_batch().await {
+                    Ok(handled) if handled >= self.config.batch_size as usize => continue,
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox batch failed; will retry");
+                        break;
+                    }
+                }
+            }
+            if last_gauges.elapsed() >= Duration::from_secs(5) {
+                self.publish_gauges().await;
+                last_gauges = Instant::now();
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+        tracing::info!("outbox dispatcher stopped");
+    }
+
+    /// Claims due events (skipping rows other replicas hold), delivers them concurrently and
+    /// records each outcome, all in one database transaction. Returns how many were claimed.
+    pub async fn dispatch_batch(&self) -> Result<usize, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let due: Vec<Pending> = sqlx::query_as(
+            "SELECT event_id, payload, traceparent, attempts FROM outbox
+             WHERE status = 'pending' AND next_attempt_at <= now()
+             ORDER BY next_attempt_at, event_id
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(i64::from(self.config.batch_size))
+        .fetch_all(&mut *tx)
+        .await?;
+        if due.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let outcomes = futures::future::join_all(due.iter().map(|event| self.deliver(event))).await;
+        for (event, outcome) in due.iter().zip(outcomes) {
+            self.record(&mut tx, event, outcome).await?;
+        }
+        tx.commit().await?;
+        Ok(due.len())
+    }
+
+    async fn deliver(&self, event: &Pending) -> Delivery {
+        let timestamp = Utc::now().timestamp();
+        let signature =
+            webhook_signature::sign(self.signing_key.expose().as_bytes(), &event.event_id, timestamp, event.payload.as_bytes());
+        let trace = event.traceparent.as_deref().and_then(TraceContext::parse);
+        let started = Instant::now();
+        let result = self
+            .client
+            .send_idempotent(trace, |http| {
+                http.post(&self.url)
+                    .header("content-type", "application/json")
+                    .header(ID_HEADER, &event.event_id)
+                    .header(TIMESTAMP_HEADER, timestamp.to_string())
+                    .header(SIGNATURE_HEADER, &signature)
+                    .body(event.payload.clone())
+            })
+            .await;
+        match result {
+            Ok(_) => {
+                metrics::histogram!("webhook_delivery_duration_seconds").record(started.elapsed().as_secs_f64());
+                Delivery::Delivered
+            }
+            Err(ClientError::CircuitOpen(_)) => Delivery::NotAttempted,
+            Err(error) => Delivery::Failed(error.to_string()),
+        }
+    }
+
+    async fn record(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        event: &Pending,
+        outcome: Delivery,
+    ) -> Result<(), sqlx::Error> {
+        match outcome {
+            Delivery::Delivered => {
+                sqlx::query(
+                    "UPDATE outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = now(), last_error = NULL
+                     WHERE event_id = $1",
+                )
+                .bind(&event.event_id)
+                .execute(&mut **tx)
+                .await?;
+                metrics::counter!("outbox_events_total", "outcome" => "delivered").increment(1);
+            }
+            Delivery::NotAttempted => {
+                let delay = self.config.retry_base;
+                sqlx::query("UPDATE outbox SET next_attempt_at = now() + $2 WHERE event_id = $1")
+                    .bind(&event.event_id)
+                    .bind(delay)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Delivery::Failed(error) => {
+                let attempts = u32::try_from(event.attempts).unwrap_or(0) + 1;
+                if attempts >= self.config.max_attempts {
+                    sqlx::query(
+                        "UPDATE outbox SET status = 'dead', attempts = $2, last_error = $3 WHERE event_id = $1",
+                    )
+                    .bind(&event.event_id)
+                    .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+                    .bind(&error)
+                    .execute(&mut **tx)
+                    .await?;
+                    metrics::counter!("outbox_events_total", "outcome" => "dead_lettered").increment(1);
+                    tracing::error!(event_id = %event.event_id, attempts, %error, "webhook event dead-lettered");
+                } else {
+                    let delay = backoff(attempts, self.config.retry_base, self.config.retry_max).max(self.config.retry_base / 2);
+                    sqlx::query(
+                        "UPDATE outbox SET attempts = $2, last_error = $3, next_attempt_at = now() + $4 WHERE event_id = $1",
+                    )
+                    .bind(&event.event_id)
+                    .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+                    .bind(&error)
+                    .bind(delay)
+                    .execute(&mut **tx)
+                    .await?;
+                    metrics::counter!("outbox_events_total", "outcome" => "retried").increment(1);
+                    tracing::warn!(event_id = %event.event_id, attempts, ?delay, %error, "webhook delivery failed; will retry");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_gauges(&self) {
+        let counts: Result<(i64, i64), _> = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'dead')
+             FROM outbox WHERE status IN ('pending', 'dead')",
+        )
+        .fetch_one(&self.pool)
+        .await;
+        if let Ok((pending, dead)) = counts {
+            metrics::gauge!("outbox_pending_events").set(pending as f64);
+            metrics::gauge!("outbox_dead_letter_events").set(dead as f64);
+        }
+    }
+}

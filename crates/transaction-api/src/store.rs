@@ -1,0 +1,170 @@
+//! PostgreSQL access for transactions, idempotency keys and the outbox insert.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::money::{Money, format_amount, parse_currency};
+
+/// A stored transaction as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Transaction {
+    #[schema(example = "txn_01jc3v6p6m9x2s8q4r7t5w1y0z")]
+    pub id: String,
+    pub user_id: String,
+    /// Exact decimal amount as a string, with the currency's minor units (`"100.50"`).
+    #[schema(example = "100.50")]
+    pub amount: String,
+    #[schema(example = "BRL")]
+    pub currency: String,
+    #[schema(example = "completed")]
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a client asked for, after validation.
+#[derive(Debug, Clone)]
+pub struct NewTransaction {
+    pub user_id: String,
+    pub money: Money,
+}
+
+impl NewTransaction {
+    /// Identifies the request's meaning (not its bytes): `100.5` and `"100.50"` are the same.
+    pub fn fingerprint(&self) -> Vec<u8> {
+        let mut hash = Sha256::new();
+        for part in [self.user_id.as_str(), &self.money.amount_text(), self.money.currency().code()] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+        hash.finalize().to_vec()
+    }
+}
+
+/// The outbox event written with a transaction.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    pub event_id: String,
+    pub event_type: &'static str,
+    pub payload: String,
+    pub traceparent: Option<String>,
+}
+
+/// Result of a create call.
+#[derive(Debug)]
+pub enum Created {
+    New(Transaction),
+    /// The idempotency key was seen before with the same request: the original transaction.
+    Replayed(Transaction),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the idempotency key was already used with a different request")]
+    IdempotencyKeyReused,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: String,
+    user_id: String,
+    amount: Decimal,
+    currency: String,
+    status: String,
+    created_at: DateTime<Utc>,
+}
+
+impl Row {
+    fn into_transaction(self) -> Transaction {
+        let currency = self.currency.trim().to_owned();
+        let amount = match parse_currency(&currency) {
+            Ok(c) => format_amount(self.amount, c),
+            Err(_) => self.amount.normalize().to_string(),
+        };
+        Transaction { id: self.id, user_id: self.user_id, amount, currency, status: self.status, created_at: self.created_at }
+    }
+}
+
+/// Stores a transaction and its outbox event atomically, honouring the idempotency key.
+///
+/// `make_event` builds the event from the final transaction (it needs the id and timestamp).
+pub async fn create(
+    pool: &PgPool,
+    id: &str,
+    new: &NewTransaction,
+    idempotency_key: Option<&str>,
+    make_event: impl FnOnce(&Transaction) -> OutboxEvent,
+) -> Result<Created, StoreError> {
+    let mut tx = pool.begin().await?;
+    if let Some(key) = idempotency_key {
+        let fingerprint = new.fingerprint();
+        // Blocks while another request holding the same key is uncommitted, then conflicts.
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (key, fingerprint, transaction_id) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(&fingerprint)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !claimed {
+            tx.rollback().await?;
+            return replay(pool, key, &fingerprint).await;
+        }
+    }
+    let row: Row = sqlx::query_as(
+        "INSERT INTO transactions (id, user_id, amount, currency, status)
+         VALUES ($1, $2, $3, $4, 'completed')
+         RETURNING id, user_id, amount, currency, status, created_at",
+    )
+    .bind(id)
+    .bind(&new.user_id)
+    .bind(new.money.amount())
+    .bind(new.money.currency().code())
+    .fetch_one(&mut *tx)
+    .await?;
+    let transaction = row.into_transaction();
+    let event = make_event(&transaction);
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, transaction_id, payload, traceparent) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&event.event_id)
+    .bind(event.event_type)
+    .bind(&transaction.id)
+    .bind(&event.payload)
+    .bind(&event.traceparent)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Created::New(transaction))
+}
+
+async fn replay(pool: &PgPool, key: &str, fingerprint: &[u8]) -> Result<Created, StoreError> {
+    let (stored_fingerprint, transaction_id): (Vec<u8>, String) =
+        sqlx::query_as("SELECT fingerprint, transaction_id FROM idempotency_keys WHERE key = $1")
+            .bind(key)
+            .fetch_one(pool)
+            .await?;
+    if stored_fingerprint != fingerprint {
+        return Err(StoreError::IdempotencyKeyReused);
+    }
+    let transaction = find(pool, &transaction_id).await?.ok_or(sqlx::Error::RowNotFound)?;
+    Ok(Created::Replayed(transaction))
+}
+
+/// Loads one transaction.
+pub async fn find(pool: &PgPool, id: &str) -> Result<Option<Transaction>, sqlx::Error> {
+    let row: Option<Row> =
+        sqlx::query_as("SELECT id, user_id, amount, currency, status, created_at FROM transactions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(Row::into_transaction))
+}
