@@ -126,6 +126,9 @@ fn from_figment(error: &figment::Error) -> ConfigError {
         other => other.to_string(),
     };
     let origin = error.metadata.as_ref().map(|metadata| match &metadata.source {
+        _ if metadata.name.contains("environment") => {
+            format!("environment variable {ENV_PREFIX}{}", path.join("__").to_ascii_uppercase())
+        }
         Some(source) => format!("{} ({source})", metadata.name),
         None => metadata.name.to_string(),
     });
@@ -281,4 +284,143 @@ pub struct RedisConfig {
     /// How long the circuit stays open before one trial call.
     #[serde(with = "humantime_serde")]
     pub breaker_open_for: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct TestConfig {
+        server: ServerConfig,
+        telemetry: TelemetryConfig,
+        aws: AwsConfig,
+        database: DatabaseConfig,
+    }
+
+    impl ServiceConfig for TestConfig {
+        fn server(&self) -> &ServerConfig {
+            &self.server
+        }
+        fn telemetry(&self) -> &TelemetryConfig {
+            &self.telemetry
+        }
+        fn aws(&self) -> &AwsConfig {
+            &self.aws
+        }
+        fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)> {
+            vec![("database.url", &mut self.database.url)]
+        }
+        fn validate(&self) -> Result<(), ConfigError> {
+            self.database.validate()
+        }
+    }
+
+    const DEFAULTS: &str = r#"
+        [server]
+        host = "0.0.0.0"
+        port = 8000
+        request_timeout = "5s"
+        body_limit_bytes = 1024
+        drain_delay = "1s"
+        shutdown_grace = "2s"
+        [telemetry]
+        log_format = "json"
+        log_level = "info"
+        [aws]
+        region = "eu-south-2"
+        [database]
+        url = "postgres://app:s3cr3t-password@db:5432/quilla"
+        ssl_mode = "require"
+        max_connections = 5
+        min_connections = 0
+        acquire_timeout = "1s"
+        statement_timeout = "1s"
+        migrate_on_start = true
+    "#;
+
+    fn load_in(jail: &Jail, file: Option<&str>) -> Result<TestConfig, ConfigError> {
+        let file = file.map(|name| jail.directory().join(name));
+        load(&Sources { defaults: DEFAULTS, file, env: true, overrides: None })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The last layer that sets a key wins: defaults < file < environment.
+        #[test]
+        fn later_layers_override_earlier_ones(file_port in prop::option::of(1u16..), env_port in prop::option::of(1u16..), env_pool in prop::option::of(1u32..100)) {
+            Jail::expect_with(|jail| {
+                let mut file = None;
+                if let Some(port) = file_port {
+                    jail.create_file("override.toml", &format!("[server]\nport = {port}\n"))?;
+                    file = Some("override.toml");
+                }
+                if let Some(port) = env_port {
+                    jail.set_env("QUILLA_SERVER__PORT", port.to_string());
+                }
+                if let Some(pool) = env_pool {
+                    jail.set_env("QUILLA_DATABASE__MAX_CONNECTIONS", pool.to_string());
+                }
+                let config = load_in(jail, file).map_err(|e| e.to_string())?;
+                let expected_port = env_port.or(file_port).unwrap_or(8000);
+                assert_eq!(config.server.port, expected_port);
+                assert_eq!(config.database.max_connections, env_pool.unwrap_or(5));
+                assert_eq!(config.aws.region, "eu-south-2", "untouched keys keep their default");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn bad_env_value_names_the_key_and_the_variable() {
+        Jail::expect_with(|jail| {
+            jail.set_env("QUILLA_SERVER__PORT", "eighty");
+            let error = load_in(jail, None).expect_err("not a port");
+            assert_eq!(error.key, "server.port");
+            assert!(error.problem.contains("QUILLA_SERVER__PORT"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_env_key_is_an_error_but_unrelated_variables_are_ignored() {
+        Jail::expect_with(|jail| {
+            jail.set_env("QUILLA_TEST_DATABASE_URL", "postgres://elsewhere");
+            jail.set_env("QUILLA_CONFIG_UNUSED", "x");
+            load_in(jail, None).expect("variables without `__` are not config keys");
+            jail.set_env("QUILLA_SERVER__PROT", "9000");
+            let error = load_in(jail, None).expect_err("typo");
+            assert_eq!(error.key, "server.prot");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_file_and_cross_field_errors_name_the_key() {
+        Jail::expect_with(|jail| {
+            let error = load_in(jail, Some("absent.toml")).expect_err("missing file");
+            assert_eq!(error.key, CONFIG_FILE_ENV);
+            jail.set_env("QUILLA_DATABASE__MIN_CONNECTIONS", "50");
+            let error = load_in(jail, None).expect_err("min > max");
+            assert_eq!(error.key, "database.min_connections");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn debug_and_printed_config_never_contain_secrets() {
+        Jail::expect_with(|jail| {
+            let config = load_in(jail, None).expect("valid");
+            let debug = format!("{config:?}");
+            let printed = render_redacted(&config);
+            for text in [&debug, &printed] {
+                assert!(!text.contains("s3cr3t-password"), "{text}");
+            }
+            assert!(printed.contains("[REDACTED]") && printed.contains("port = 8000"), "{printed}");
+            Ok(())
+        });
+    }
 }

@@ -67,6 +67,13 @@ impl CreateTransaction {
             (Ok(amount), Ok(currency)) => Money::new(amount, currency, max_amount)
                 .map_err(|e| errors.push(FieldError::new("amount", e.to_string())))
                 .ok(),
+            (Ok(amount), Err(())) => {
+                // Precision needs the currency; sign and size do not, so report them too.
+                if let Err(e) = crate::money::check_range(amount, max_amount) {
+                    errors.push(FieldError::new("amount", e.to_string()));
+                }
+                None
+            }
             _ => None,
         };
         match money {

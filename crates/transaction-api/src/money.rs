@@ -60,15 +60,21 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, MoneyError> {
     Ok(value)
 }
 
+/// Checks what needs no currency: the amount is positive and at most `max`.
+pub fn check_range(amount: Decimal, max: Decimal) -> Result<(), MoneyError> {
+    if amount <= Decimal::ZERO {
+        return Err(MoneyError::NotPositive);
+    }
+    if amount > max {
+        return Err(MoneyError::TooLarge(max.normalize().to_string()));
+    }
+    Ok(())
+}
+
 impl Money {
     /// Validates `amount` in `currency`: positive, at most `max`, at most the minor units.
     pub fn new(amount: Decimal, currency: Currency, max: Decimal) -> Result<Self, MoneyError> {
-        if amount <= Decimal::ZERO {
-            return Err(MoneyError::NotPositive);
-        }
-        if amount > max {
-            return Err(MoneyError::TooLarge(max.normalize().to_string()));
-        }
+        check_range(amount, max)?;
         let units = minor_units(currency);
         if amount.normalize().scale() > u32::from(units) {
             return Err(MoneyError::TooPrecise { currency: currency.code().to_owned(), minor_units: units });

@@ -1,0 +1,7 @@
+//! Black-box tests of transaction-api: the real service on a random port, a fresh database each.
+
+mod cache;
+mod helpers;
+mod idempotency;
+mod shutdown;
+mod transactions;
