@@ -3,5 +3,6 @@
 mod cache;
 mod helpers;
 mod idempotency;
+mod secrets;
 mod shutdown;
 mod transactions;
