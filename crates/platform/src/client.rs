@@ -61,7 +61,11 @@ impl ResilientClient {
     /// Sends the request built by `build` (called once per attempt), retrying transport errors,
     /// 429 and 5xx. Only use it for idempotent requests: a retry may repeat a request whose
     /// response was lost. `trace` is the parent context (the current request's when `None`).
-    pub async fn send_idempotent<F>(&self, trace: Option<TraceContext>, build: F) -> Result<reqwest::Response, ClientError>
+    pub async fn send_idempotent<F>(
+        &self,
+        trace: Option<TraceContext>,
+        build: F,
+    ) -> Result<reqwest::Response, ClientError>
     where
         F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     {
@@ -110,7 +114,8 @@ impl ResilientClient {
                 Err(ClientError::Status { retry_after, .. }) => *retry_after,
                 _ => None,
             };
-            let delay = server_hint.unwrap_or_else(|| backoff(attempt, self.config.backoff_base, self.config.backoff_max));
+            let delay =
+                server_hint.unwrap_or_else(|| backoff(attempt, self.config.backoff_base, self.config.backoff_max));
             tracing::debug!(client = self.name, attempt, ?delay, error = ?result.as_ref().err(), "retrying");
             tokio::time::sleep(delay.min(self.config.backoff_max)).await;
             attempt += 1;

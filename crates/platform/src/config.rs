@@ -77,12 +77,7 @@ pub struct Sources {
 impl Sources {
     /// The production layering: embedded defaults, `$QUILLA_CONFIG`, environment.
     pub fn from_process(defaults: &'static str) -> Self {
-        Self {
-            defaults,
-            file: std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from),
-            env: true,
-            overrides: None,
-        }
+        Self { defaults, file: std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from), env: true, overrides: None }
     }
 }
 
@@ -99,9 +94,7 @@ pub fn load<C: ServiceConfig>(sources: &Sources) -> Result<C, ConfigError> {
         figment = figment.merge(Toml::file_exact(path));
     }
     if sources.env {
-        figment = figment.merge(
-            Env::prefixed(ENV_PREFIX).filter(|key| key.as_str().contains("__")).split("__"),
-        );
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).filter(|key| key.as_str().contains("__")).split("__"));
     }
     if let Some(extra) = &sources.overrides {
         figment = figment.merge(Toml::string(extra));
@@ -250,10 +243,7 @@ impl DatabaseConfig {
             return Err(ConfigError::new("database.max_connections", "must be at least 1"));
         }
         if self.min_connections > self.max_connections {
-            return Err(ConfigError::new(
-                "database.min_connections",
-                "must not exceed database.max_connections",
-            ));
+            return Err(ConfigError::new("database.min_connections", "must not exceed database.max_connections"));
         }
         Ok(())
     }

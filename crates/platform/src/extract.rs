@@ -1,8 +1,8 @@
 //! Request extractors whose rejections are problem+json: JSON bodies and query strings.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use http::header;
 use http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -21,15 +21,25 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         if !has_json_content_type(request.headers()) {
             return Err(Problem::unsupported_media_type());
         }
-        let limit = request.extensions().get::<BodyLimit>().map(|l| l.0);
+        let limit = request.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
         let bytes = Bytes::from_request(request, state).await.map_err(|rejection| match rejection {
-            BytesRejection::FailedToBufferBody(_) if limit.is_some() => {
-                Problem::payload_too_large(limit.unwrap_or_default())
-            }
+            BytesRejection::FailedToBufferBody(error) if is_length_limit(&error) => Problem::payload_too_large(limit),
             other => Problem::bad_request(other.body_text()),
         })?;
         parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// Whether buffering failed because the body exceeded the configured limit.
+fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// Parses a JSON document, mapping syntax errors to 400 and shape errors to 422.

@@ -102,8 +102,7 @@ impl Problem {
 
     /// 422 with one entry per invalid field.
     pub fn validation(errors: Vec<FieldError>) -> Self {
-        let mut problem =
-            Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation-error", "Request validation failed");
+        let mut problem = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation-error", "Request validation failed");
         problem.detail = Some(match errors.len() {
             1 => "1 field is invalid".to_owned(),
             n => format!("{n} fields are invalid"),
@@ -124,8 +123,8 @@ impl Problem {
     }
 
     pub fn service_unavailable(detail: impl Into<String>) -> Self {
-        let mut problem =
-            Self::new(StatusCode::SERVICE_UNAVAILABLE, "service-unavailable", "Service unavailable").with_detail(detail);
+        let mut problem = Self::new(StatusCode::SERVICE_UNAVAILABLE, "service-unavailable", "Service unavailable")
+            .with_detail(detail);
         problem.retry_after_seconds = Some(1);
         problem
     }
@@ -168,8 +167,10 @@ impl IntoResponse for Problem {
     }
 }
 
-/// Fallback for unknown routes.
-pub async fn not_found_fallback() -> Problem {
+/// Fallback for unknown routes (counted under the `unmatched` route label).
+pub async fn not_found_fallback(method: http::Method) -> Problem {
+    metrics::counter!("http_requests_total", "method" => method.as_str().to_owned(), "route" => "unmatched", "status" => "404")
+        .increment(1);
     Problem::not_found("no route matches this path")
 }
 

@@ -69,8 +69,8 @@ fn aws_error_text<E: std::error::Error>(error: &E) -> String {
 }
 
 fn extract_field(document: &str, field: &str) -> Result<String, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(document).map_err(|_| format!("secret is not a JSON object, so `#{field}` cannot be read"))?;
+    let value: serde_json::Value = serde_json::from_str(document)
+        .map_err(|_| format!("secret is not a JSON object, so `#{field}` cannot be read"))?;
     match value.get(field) {
         Some(serde_json::Value::String(s)) => Ok(s.clone()),
         Some(serde_json::Value::Number(n)) => Ok(n.to_string()),

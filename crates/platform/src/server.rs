@@ -96,7 +96,10 @@ pub struct Service {
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service").field("name", &self.name).field("workers", &self.workers.len()).finish_non_exhaustive()
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -150,9 +153,7 @@ async fn ready(State(state): State<ProbeState>) -> Response {
         return Problem::service_unavailable("shutting down").with_extension("checks", json!({})).into_response();
     }
     let probe_timeout = Duration::from_secs(2);
-    let postgres = tokio::time::timeout(probe_timeout, crate::db::is_reachable(&state.database))
-        .await
-        .unwrap_or(false);
+    let postgres = tokio::time::timeout(probe_timeout, crate::db::is_reachable(&state.database)).await.unwrap_or(false);
     let redis = match &state.cache {
         Some(cache) => Some(cache.is_reachable().await),
         None => None,

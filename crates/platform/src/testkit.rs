@@ -21,7 +21,10 @@ pub async fn fresh_database() -> String {
     let admin_url = required_env("QUILLA_TEST_DATABASE_URL");
     let name = format!("test_{}", ulid::Ulid::new().to_string().to_ascii_lowercase());
     let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("connect to the test PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut admin).await.expect("create test database");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
     let mut url = url::Url::parse(&admin_url).expect("QUILLA_TEST_DATABASE_URL is a URL");
     url.set_path(&name);
     url.to_string()

@@ -106,7 +106,10 @@ mod tests {
     #[test]
     fn stale_and_malformed_are_rejected() {
         let signature = sign(b"k", "evt_1", NOW - 301, b"{}");
-        assert_eq!(verify(b"k", "evt_1", &(NOW - 301).to_string(), &signature, b"{}", NOW, 300), Err(SignatureError::Stale));
+        assert_eq!(
+            verify(b"k", "evt_1", &(NOW - 301).to_string(), &signature, b"{}", NOW, 300),
+            Err(SignatureError::Stale)
+        );
         assert_eq!(
             verify(b"k", "evt_1", "yesterday", &signature, b"{}", NOW, 300),
             Err(SignatureError::MalformedHeader(TIMESTAMP_HEADER))

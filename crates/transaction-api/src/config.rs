@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use platform::Secret;
 use platform::client::ClientConfig;
-use platform::config::{AwsConfig, ConfigError, DatabaseConfig, RedisConfig, ServerConfig, ServiceConfig, TelemetryConfig};
+use platform::config::{
+    AwsConfig, ConfigError, DatabaseConfig, RedisConfig, ServerConfig, ServiceConfig, TelemetryConfig,
+};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -81,7 +83,10 @@ impl ServiceConfig for Config {
             return Err(ConfigError::new("transactions.max_amount", "must be greater than zero"));
         }
         if self.webhook.signing_key.expose().is_empty() {
-            return Err(ConfigError::new("webhook.signing_key", "is required: set it to the key shared with notification-service"));
+            return Err(ConfigError::new(
+                "webhook.signing_key",
+                "is required: set it to the key shared with notification-service",
+            ));
         }
         if self.webhook.signing_key.aws_reference().is_none() && self.webhook.signing_key.expose().len() < 32 {
             return Err(ConfigError::new("webhook.signing_key", "must be at least 32 characters"));

@@ -53,7 +53,8 @@ impl CreateTransaction {
         if user_id.is_empty() || user_id.len() > 128 || user_id.chars().any(char::is_control) {
             errors.push(FieldError::new("user_id", "must be 1 to 128 printable characters"));
         }
-        let currency = parse_currency(&self.currency).map_err(|e| errors.push(FieldError::new("currency", e.to_string())));
+        let currency =
+            parse_currency(&self.currency).map_err(|e| errors.push(FieldError::new("currency", e.to_string())));
         let amount_text = match &self.amount {
             serde_json::Value::Number(n) => Some(n.to_string()),
             serde_json::Value::String(s) => Some(s.clone()),
@@ -163,14 +164,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     ),
     tag = "transactions"
 )]
-pub async fn get_transaction(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Transaction>, ApiError> {
+pub async fn get_transaction(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Transaction>, ApiError> {
     if !platform::ids::is_valid_id("txn", &id) {
         return Err(ApiError::NotFound(id));
     }
     let pool = &state.pool;
-    let found = state
-        .cache
-        .get_or_load(&cache_key(&id), state.cache_ttl, || store::find(pool, &id))
-        .await?;
+    let found = state.cache.get_or_load(&cache_key(&id), state.cache_ttl, || store::find(pool, &id)).await?;
     found.map(Json).ok_or(ApiError::NotFound(id))
 }

@@ -146,7 +146,11 @@ mod tests {
         let ok = |text: &str, c| Money::new(parse_decimal(text).expect(text), c, max());
         assert_eq!(ok("100.50", brl).map(|m| m.amount_text()), Ok("100.50".to_owned()));
         assert_eq!(ok("100.5", brl).map(|m| m.amount_text()), Ok("100.50".to_owned()));
-        assert_eq!(ok("100.500", brl).map(|m| m.amount_text()), Ok("100.50".to_owned()), "trailing zeros are not precision");
+        assert_eq!(
+            ok("100.500", brl).map(|m| m.amount_text()),
+            Ok("100.50".to_owned()),
+            "trailing zeros are not precision"
+        );
         assert!(matches!(ok("100.505", brl), Err(MoneyError::TooPrecise { .. })));
         assert!(matches!(ok("1.5", jpy), Err(MoneyError::TooPrecise { .. })));
         assert_eq!(ok("1.250", kwd).map(|m| m.amount_text()), Ok("1.250".to_owned()));

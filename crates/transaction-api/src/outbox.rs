@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use platform::Secret;
 use platform::client::{ClientError, ResilientClient, backoff};
 use platform::trace_context::TraceContext;
 use platform::webhook_signature::{self, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use platform::Secret;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -32,7 +32,8 @@ struct Envelope<'a> {
 /// Builds the `transaction.created` event for a transaction.
 pub fn transaction_created(transaction: &Transaction, traceparent: Option<String>) -> OutboxEvent {
     let event_id = platform::ids::new_id("evt");
-    let envelope = Envelope { id: &event_id, event_type: TRANSACTION_CREATED, created_at: Utc::now(), data: transaction };
+    let envelope =
+        Envelope { id: &event_id, event_type: TRANSACTION_CREATED, created_at: Utc::now(), data: transaction };
     let payload = serde_json::to_string(&envelope).unwrap_or_else(|_| unreachable!("plain structs serialise"));
     OutboxEvent { event_id, event_type: TRANSACTION_CREATED, payload, traceparent }
 }
@@ -57,8 +58,9 @@ struct Pending {
     attempts: i32,
 }
 
-enum Delivery {
-    Delivered,
+/// Why a delivery did not succeed.
+enum Failure {
+    /// Sent (or tried to send) and failed: counts as an attempt.
     Failed(String),
     /// The circuit is open: nothing was sent, so no attempt is counted.
     NotAttempted,
@@ -112,17 +114,36 @@ impl Dispatcher {
             return Ok(0);
         }
         let outcomes = futures::future::join_all(due.iter().map(|event| self.deliver(event))).await;
+        let mut delivered = Vec::new();
         for (event, outcome) in due.iter().zip(outcomes) {
-            self.record(&mut tx, event, outcome).await?;
+            match outcome {
+                Ok(()) => delivered.push(event.event_id.clone()),
+                Err(failure) => self.record_failure(&mut tx, event, failure).await?,
+            }
+        }
+        if !delivered.is_empty() {
+            // One statement for the common case keeps the batch's transaction short.
+            sqlx::query(
+                "UPDATE outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = now(), last_error = NULL
+                 WHERE event_id = ANY($1)",
+            )
+            .bind(&delivered)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
+        metrics::counter!("outbox_events_total", "outcome" => "delivered").increment(delivered.len() as u64);
         Ok(due.len())
     }
 
-    async fn deliver(&self, event: &Pending) -> Delivery {
+    async fn deliver(&self, event: &Pending) -> Result<(), Failure> {
         let timestamp = Utc::now().timestamp();
-        let signature =
-            webhook_signature::sign(self.signing_key.expose().as_bytes(), &event.event_id, timestamp, event.payload.as_bytes());
+        let signature = webhook_signature::sign(
+            self.signing_key.expose().as_bytes(),
+            &event.event_id,
+            timestamp,
+            event.payload.as_bytes(),
+        );
         let trace = event.traceparent.as_deref().and_then(TraceContext::parse);
         let started = Instant::now();
         let result = self
@@ -139,31 +160,21 @@ impl Dispatcher {
         match result {
             Ok(_) => {
                 metrics::histogram!("webhook_delivery_duration_seconds").record(started.elapsed().as_secs_f64());
-                Delivery::Delivered
+                Ok(())
             }
-            Err(ClientError::CircuitOpen(_)) => Delivery::NotAttempted,
-            Err(error) => Delivery::Failed(error.to_string()),
+            Err(ClientError::CircuitOpen(_)) => Err(Failure::NotAttempted),
+            Err(error) => Err(Failure::Failed(error.to_string())),
         }
     }
 
-    async fn record(
+    async fn record_failure(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         event: &Pending,
-        outcome: Delivery,
+        failure: Failure,
     ) -> Result<(), sqlx::Error> {
-        match outcome {
-            Delivery::Delivered => {
-                sqlx::query(
-                    "UPDATE outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = now(), last_error = NULL
-                     WHERE event_id = $1",
-                )
-                .bind(&event.event_id)
-                .execute(&mut **tx)
-                .await?;
-                metrics::counter!("outbox_events_total", "outcome" => "delivered").increment(1);
-            }
-            Delivery::NotAttempted => {
+        match failure {
+            Failure::NotAttempted => {
                 let delay = self.config.retry_base;
                 sqlx::query("UPDATE outbox SET next_attempt_at = now() + $2 WHERE event_id = $1")
                     .bind(&event.event_id)
@@ -171,7 +182,7 @@ impl Dispatcher {
                     .execute(&mut **tx)
                     .await?;
             }
-            Delivery::Failed(error) => {
+            Failure::Failed(error) => {
                 let attempts = u32::try_from(event.attempts).unwrap_or(0) + 1;
                 if attempts >= self.config.max_attempts {
                     sqlx::query(
@@ -185,7 +196,8 @@ impl Dispatcher {
                     metrics::counter!("outbox_events_total", "outcome" => "dead_lettered").increment(1);
                     tracing::error!(event_id = %event.event_id, attempts, %error, "webhook event dead-lettered");
                 } else {
-                    let delay = backoff(attempts, self.config.retry_base, self.config.retry_max).max(self.config.retry_base / 2);
+                    let delay = backoff(attempts, self.config.retry_base, self.config.retry_max)
+                        .max(self.config.retry_base / 2);
                     sqlx::query(
                         "UPDATE outbox SET attempts = $2, last_error = $3, next_attempt_at = now() + $4 WHERE event_id = $1",
                     )

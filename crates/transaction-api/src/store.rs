@@ -85,7 +85,14 @@ impl Row {
             Ok(c) => format_amount(self.amount, c),
             Err(_) => self.amount.normalize().to_string(),
         };
-        Transaction { id: self.id, user_id: self.user_id, amount, currency, status: self.status, created_at: self.created_at }
+        Transaction {
+            id: self.id,
+            user_id: self.user_id,
+            amount,
+            currency,
+            status: self.status,
+            created_at: self.created_at,
+        }
     }
 }
 

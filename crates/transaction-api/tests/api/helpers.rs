@@ -72,7 +72,8 @@ retry_max = "200ms"
     let mut table: toml::Table = overrides.parse().expect("test TOML");
     merge(&mut table, options.extra_toml.parse().expect("extra TOML"));
     let overrides = toml::to_string(&table).expect("TOML");
-    load(&Sources { defaults: DEFAULTS, file: None, env: false, overrides: Some(overrides) }).expect("valid test config")
+    load(&Sources { defaults: DEFAULTS, file: None, env: false, overrides: Some(overrides) })
+        .expect("valid test config")
 }
 
 /// Deep-merges `extra` into `base` (tables merge, other values replace).
@@ -110,7 +111,8 @@ impl TestApp {
     }
 
     pub async fn post_raw(&self, content_type: &str, body: String, key: Option<&str>) -> reqwest::Response {
-        let mut request = self.http.post(self.server.url("/transactions")).header("content-type", content_type).body(body);
+        let mut request =
+            self.http.post(self.server.url("/transactions")).header("content-type", content_type).body(body);
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }
@@ -134,7 +136,8 @@ pub fn brl(user: &str, amount: &str) -> Value {
 /// Asserts an RFC 9457 response and returns its body.
 pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status().as_u16(), status);
-    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let content_type =
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     assert_eq!(content_type, "application/problem+json");
     let body: Value = response.json().await.expect("problem body is JSON");
     assert_eq!(body["status"], status, "{body}");

@@ -74,7 +74,8 @@ async fn every_invalid_field_is_listed_in_one_422() {
     let app = spawn_app().await;
     let response = app.post_transaction(&json!({"user_id": "", "amount": -5, "currency": "XYZ"})).await;
     let body = assert_problem(response, 422).await;
-    let pointers: Vec<&str> = body["errors"].as_array().expect("errors").iter().filter_map(|e| e["pointer"].as_str()).collect();
+    let pointers: Vec<&str> =
+        body["errors"].as_array().expect("errors").iter().filter_map(|e| e["pointer"].as_str()).collect();
     assert_eq!(pointers, ["/user_id", "/currency", "/amount"], "{body}");
     assert_eq!(app.transaction_count().await, 0, "nothing is stored");
 }
