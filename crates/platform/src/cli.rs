@@ -100,7 +100,9 @@ where
         }
         let lifecycle = Lifecycle::new();
         lifecycle.shutdown_on_signals();
-        match run(config, lifecycle).await {
+        let result = run(config, lifecycle).await;
+        tokio::task::spawn_blocking(crate::telemetry::shutdown).await.ok();
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(error = format!("{error:#}"), "service failed");

@@ -76,7 +76,8 @@ impl ResilientClient {
                 return Err(ClientError::CircuitOpen(self.name));
             }
             let started = std::time::Instant::now();
-            let outcome = build(&self.http).header(TRACEPARENT, parent.child().to_string()).send().await;
+            // The receiver's parent is the span making this call (the request or delivery span).
+            let outcome = build(&self.http).header(TRACEPARENT, parent.to_string()).send().await;
             let result = match outcome {
                 Ok(response) if response.status().is_success() => Ok(response),
                 Ok(response) => {

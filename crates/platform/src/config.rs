@@ -207,6 +207,10 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// An `EnvFilter` directive, e.g. `info,sqlx=warn`.
     pub log_level: String,
+    /// OTLP/HTTP collector base URL (e.g. `http://otel-collector.observability:4318`); traces are
+    /// exported to `<url>/v1/traces` when set, and not at all otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// AWS settings for Secrets Manager references.

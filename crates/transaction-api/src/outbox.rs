@@ -13,6 +13,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::OutboxConfig;
 use crate::store::{OutboxEvent, Transaction};
@@ -144,11 +145,13 @@ impl Dispatcher {
             timestamp,
             event.payload.as_bytes(),
         );
-        let trace = event.traceparent.as_deref().and_then(TraceContext::parse);
+        // The delivery is a span in the trace of the request that created the transaction.
+        let span = tracing::info_span!("webhook delivery", otel.name = "POST webhook", event_id = %event.event_id);
+        let trace = platform::telemetry::join_trace(&span, event.traceparent.as_deref().and_then(TraceContext::parse));
         let started = Instant::now();
         let result = self
             .client
-            .send_idempotent(trace, |http| {
+            .send_idempotent(Some(trace), |http| {
                 http.post(&self.url)
                     .header("content-type", "application/json")
                     .header(ID_HEADER, &event.event_id)
@@ -156,6 +159,7 @@ impl Dispatcher {
                     .header(SIGNATURE_HEADER, &signature)
                     .body(event.payload.clone())
             })
+            .instrument(span)
             .await;
         match result {
             Ok(_) => {
