@@ -160,6 +160,8 @@ pub struct ServerConfig {
     /// After the drain delay, in-flight requests get this long to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Per-instance request rate for the service's own routes (not probes or metrics).
+    pub rate_limit: crate::rate_limit::RateLimitConfig,
     /// Serve HTTPS when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
@@ -321,6 +323,7 @@ mod tests {
         body_limit_bytes = 1024
         drain_delay = "1s"
         shutdown_grace = "2s"
+        rate_limit = { requests_per_second = 0, burst = 1 }
         [telemetry]
         log_format = "json"
         log_level = "info"

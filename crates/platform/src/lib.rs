@@ -10,6 +10,7 @@ pub mod extract;
 pub mod ids;
 pub mod metrics;
 pub mod problem;
+pub mod rate_limit;
 pub mod secret;
 pub mod secrets_manager;
 pub mod server;

@@ -26,6 +26,7 @@ use crate::cache::Cache;
 use crate::config::ServerConfig;
 use crate::extract::BodyLimit;
 use crate::problem::{self, Problem};
+use crate::rate_limit::RateLimiter;
 use crate::{metrics as red, telemetry};
 
 /// Shared shutdown state: readiness flag, the shutdown trigger, and background workers.
@@ -128,9 +129,11 @@ pub fn router(service: &Service, config: &ServerConfig, lifecycle: &Lifecycle) -
         .route("/metrics", get(red::render));
     let timeout = config.request_timeout;
     let body_limit = config.body_limit_bytes;
-    service
-        .routes
-        .clone()
+    let mut routes = service.routes.clone();
+    if let Some(limiter) = RateLimiter::new(&config.rate_limit).map(Arc::new) {
+        routes = routes.route_layer(middleware::from_fn(move |req, next| limit_rate(limiter.clone(), req, next)));
+    }
+    routes
         .merge(probes)
         .method_not_allowed_fallback(problem::method_not_allowed_fallback)
         .route_layer(middleware::from_fn(move |req, next| enforce_timeout(timeout, req, next)))
@@ -182,6 +185,13 @@ async fn enforce_timeout(timeout: Duration, request: Request, next: Next) -> Res
             tracing::warn!(?timeout, "request timed out");
             Problem::service_unavailable(format!("the request did not complete within {timeout:?}")).into_response()
         }
+    }
+}
+
+async fn limit_rate(limiter: Arc<RateLimiter>, request: Request, next: Next) -> Response {
+    match limiter.try_acquire() {
+        Ok(()) => next.run(request).await,
+        Err(retry_after) => Problem::too_many_requests(retry_after).into_response(),
     }
 }
 

@@ -109,17 +109,22 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Serves `service` on 127.0.0.1 with a random port.
-    pub async fn start(service: Service, config: &crate::config::ServerConfig) -> Self {
-        Self::start_on(service, config, 0).await
+    /// Serves `service` on 127.0.0.1 with a random port. `lifecycle` must be the one the service
+    /// was built with, so stopping the server also stops its background workers.
+    pub async fn start(service: Service, config: &crate::config::ServerConfig, lifecycle: Lifecycle) -> Self {
+        Self::start_on(service, config, lifecycle, 0).await
     }
 
     /// Serves on a chosen loopback port (to stop a service and start it again at the same address).
-    pub async fn start_on(service: Service, config: &crate::config::ServerConfig, port: u16) -> Self {
+    pub async fn start_on(
+        service: Service,
+        config: &crate::config::ServerConfig,
+        lifecycle: Lifecycle,
+        port: u16,
+    ) -> Self {
         crate::cli::install_crypto_provider();
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the test port");
         let address = listener.local_addr().expect("local address");
-        let lifecycle = Lifecycle::new();
         let task = tokio::spawn(crate::server::serve(service, config.clone(), listener, lifecycle.clone()));
         Self { address, lifecycle, task }
     }

@@ -37,7 +37,8 @@ port = 0
 request_timeout = "5s"
 body_limit_bytes = 1024
 drain_delay = "0s"
-shutdown_grace = "1s""#,
+shutdown_grace = "1s"
+rate_limit = { requests_per_second = 0, burst = 1 }"#,
     )
     .expect("server config")
 }

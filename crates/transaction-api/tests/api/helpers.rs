@@ -96,7 +96,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let config = test_config(&database_url, &options);
     let lifecycle = platform::server::Lifecycle::new();
     let service = build(&config, &lifecycle).await.expect("service builds");
-    let server = TestServer::start(service, &config.server).await;
+    let server = TestServer::start(service, &config.server, lifecycle).await;
     let pool = platform::db::pool(&config.database, transaction_api::SCHEMA).expect("pool");
     TestApp { server, http: reqwest::Client::new(), pool }
 }

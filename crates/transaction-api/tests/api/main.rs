@@ -1,6 +1,7 @@
 //! Black-box tests of transaction-api: the real service on a random port, a fresh database each.
 
 mod cache;
+mod cli;
 mod helpers;
 mod idempotency;
 mod secrets;

@@ -186,3 +186,19 @@ async fn ready_is_503_when_the_database_is_unreachable() {
     assert_eq!(app.get("/health").await.status().as_u16(), 200, "liveness has no dependencies");
     assert_problem(app.post_transaction(&brl("u1", "1")).await, 503).await;
 }
+
+#[tokio::test]
+async fn requests_over_the_rate_limit_get_429_with_retry_after() {
+    let options = crate::helpers::Options {
+        extra_toml: "[server.rate_limit]\nrequests_per_second = 1\nburst = 2\n".to_owned(),
+        ..Default::default()
+    };
+    let app = crate::helpers::spawn_app_with(options).await;
+    let unknown = format!("/transactions/{}", platform::ids::new_id("txn"));
+    assert_eq!(app.get(&unknown).await.status().as_u16(), 404);
+    assert_eq!(app.get(&unknown).await.status().as_u16(), 404);
+    let limited = app.get(&unknown).await;
+    assert_eq!(limited.headers()["retry-after"], "1");
+    assert_problem(limited, 429).await;
+    assert_eq!(app.get("/health").await.status().as_u16(), 200, "probes are never rate limited");
+}
