@@ -1,13 +1,12 @@
 //! The command line every service binary shares: serve, healthcheck, --print-config, --version.
 
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::{self, ServiceConfig, Sources};
-use crate::server::Lifecycle;
+use crate::server::{Lifecycle, Service};
 
 const USAGE: &str = "\
 usage: {name} [COMMAND]
@@ -22,13 +21,12 @@ commands:
 configuration: embedded defaults, then the TOML file in $QUILLA_CONFIG, then
 environment variables QUILLA_<SECTION>__<KEY> (e.g. QUILLA_SERVER__PORT=9000).";
 
-/// Runs a service binary. `run` receives the loaded config (secrets resolved) and the lifecycle,
-/// and returns when the service has shut down.
-pub fn main<C, F, Fut>(name: &'static str, defaults: &'static str, run: F) -> ExitCode
+/// Runs a service binary: parses the command line, loads the config and, for `serve`, calls
+/// `build` (with secrets resolved) and serves the result until shutdown.
+pub fn main<C, B>(name: &'static str, defaults: &'static str, build: B) -> ExitCode
 where
     C: ServiceConfig,
-    F: FnOnce(C, Lifecycle) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
+    B: AsyncFnOnce(&C, &Lifecycle) -> anyhow::Result<Service>,
 {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = args.first().map(String::as_str).unwrap_or("serve");
@@ -53,11 +51,11 @@ where
             Err(code) => code,
         },
         "healthcheck" => match load::<C>(name, defaults) {
-            Ok(config) => healthcheck(config.server().port),
+            Ok(config) => healthcheck(config.sections().server.port),
             Err(code) => code,
         },
         "serve" => match load::<C>(name, defaults) {
-            Ok(config) => serve(name, config, run),
+            Ok(config) => serve(name, config, build),
             Err(code) => code,
         },
         other => {
@@ -74,14 +72,13 @@ fn load<C: ServiceConfig>(name: &str, defaults: &'static str) -> Result<C, ExitC
     })
 }
 
-fn serve<C, F, Fut>(name: &'static str, mut config: C, run: F) -> ExitCode
+fn serve<C, B>(name: &'static str, mut config: C, build: B) -> ExitCode
 where
     C: ServiceConfig,
-    F: FnOnce(C, Lifecycle) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
+    B: AsyncFnOnce(&C, &Lifecycle) -> anyhow::Result<Service>,
 {
     install_crypto_provider();
-    if let Err(message) = crate::telemetry::init(name, config.telemetry()) {
+    if let Err(message) = crate::telemetry::init(name, config.sections().telemetry) {
         eprintln!("{name}: {message}");
         return ExitCode::from(78);
     }
@@ -100,7 +97,7 @@ where
         }
         let lifecycle = Lifecycle::new();
         lifecycle.shutdown_on_signals();
-        let result = run(config, lifecycle).await;
+        let result = run(&config, lifecycle, build).await;
         tokio::task::spawn_blocking(crate::telemetry::shutdown).await.ok();
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -111,6 +108,18 @@ where
             }
         }
     })
+}
+
+async fn run<C, B>(config: &C, lifecycle: Lifecycle, build: B) -> anyhow::Result<()>
+where
+    C: ServiceConfig,
+    B: AsyncFnOnce(&C, &Lifecycle) -> anyhow::Result<Service>,
+{
+    let server = config.sections().server;
+    let listener = std::net::TcpListener::bind((server.host, server.port))
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", server.host, server.port))?;
+    let service = build(config, &lifecycle).await?;
+    crate::server::serve(service, server.clone(), listener, lifecycle).await
 }
 
 /// rustls needs one process-wide crypto provider when several are compiled in; we use ring.

@@ -50,11 +50,18 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The sections every service config has, borrowed from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Sections<'a> {
+    pub server: &'a ServerConfig,
+    pub telemetry: &'a TelemetryConfig,
+    pub aws: &'a AwsConfig,
+}
+
 /// Implemented by each service's top-level config struct.
 pub trait ServiceConfig: DeserializeOwned + Serialize + fmt::Debug + Send + Sync + 'static {
-    fn server(&self) -> &ServerConfig;
-    fn telemetry(&self) -> &TelemetryConfig;
-    fn aws(&self) -> &AwsConfig;
+    /// The shared sections the platform reads (listener, logging, AWS).
+    fn sections(&self) -> Sections<'_>;
     /// Every secret in the config with its dotted key, so references can be resolved at startup.
     fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)>;
     /// Cross-field checks that types alone cannot express. Default: none.
@@ -100,7 +107,7 @@ pub fn load<C: ServiceConfig>(sources: &Sources) -> Result<C, ConfigError> {
         figment = figment.merge(Toml::string(extra));
     }
     let config: C = figment.extract().map_err(|e| from_figment(&e))?;
-    config.server().validate()?;
+    config.sections().server.validate()?;
     config.validate()?;
     Ok(config)
 }
@@ -298,14 +305,8 @@ mod tests {
     }
 
     impl ServiceConfig for TestConfig {
-        fn server(&self) -> &ServerConfig {
-            &self.server
-        }
-        fn telemetry(&self) -> &TelemetryConfig {
-            &self.telemetry
-        }
-        fn aws(&self) -> &AwsConfig {
-            &self.aws
+        fn sections(&self) -> Sections<'_> {
+            Sections { server: &self.server, telemetry: &self.telemetry, aws: &self.aws }
         }
         fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)> {
             vec![("database.url", &mut self.database.url)]

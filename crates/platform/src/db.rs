@@ -50,6 +50,18 @@ pub async fn is_reachable(pool: &PgPool) -> bool {
     sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool).await.is_ok()
 }
 
+/// The problem+json answer for a failed query: 503 when the database is unreachable or the pool
+/// exhausted (clients should retry), otherwise a logged 500.
+pub fn error_problem(error: &sqlx::Error) -> crate::Problem {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            tracing::error!(%error, "database unavailable");
+            crate::Problem::service_unavailable("the database is unavailable; retry later")
+        }
+        other => crate::Problem::internal_logged(other),
+    }
+}
+
 fn ssl_mode(mode: SslMode) -> PgSslMode {
     match mode {
         SslMode::Disable => PgSslMode::Disable,

@@ -18,15 +18,28 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let RawJson(bytes) = RawJson::from_request(request, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// The unparsed bytes of a JSON body (for signature checks before parsing), with the same
+/// 415 and 413 rejections as [`ApiJson`].
+#[derive(Debug, Clone)]
+pub struct RawJson(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawJson {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         if !has_json_content_type(request.headers()) {
             return Err(Problem::unsupported_media_type());
         }
         let limit = request.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| match rejection {
+        Bytes::from_request(request, state).await.map(RawJson).map_err(|rejection| match rejection {
             BytesRejection::FailedToBufferBody(error) if is_length_limit(&error) => Problem::payload_too_large(limit),
             other => Problem::bad_request(other.body_text()),
-        })?;
-        parse_json(&bytes).map(ApiJson)
+        })
     }
 }
 

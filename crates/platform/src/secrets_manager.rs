@@ -12,7 +12,7 @@ use crate::secret::Secret;
 /// Each secret id is fetched once even when several keys point into the same JSON document.
 /// Errors name the config key, never the secret value.
 pub async fn resolve_references<C: ServiceConfig>(config: &mut C) -> Result<(), ConfigError> {
-    let aws = config.aws().clone();
+    let aws = config.sections().aws.clone();
     let mut client = None;
     let mut fetched: HashMap<String, String> = HashMap::new();
     for (key, secret) in config.secrets_mut() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use platform::Secret;
 use platform::client::ClientConfig;
 use platform::config::{
-    AwsConfig, ConfigError, DatabaseConfig, RedisConfig, ServerConfig, ServiceConfig, TelemetryConfig,
+    AwsConfig, ConfigError, DatabaseConfig, RedisConfig, Sections, ServerConfig, ServiceConfig, TelemetryConfig,
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -57,16 +57,8 @@ pub struct OutboxConfig {
 }
 
 impl ServiceConfig for Config {
-    fn server(&self) -> &ServerConfig {
-        &self.server
-    }
-
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
-
-    fn aws(&self) -> &AwsConfig {
-        &self.aws
+    fn sections(&self) -> Sections<'_> {
+        Sections { server: &self.server, telemetry: &self.telemetry, aws: &self.aws }
     }
 
     fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)> {

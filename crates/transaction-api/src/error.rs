@@ -36,17 +36,8 @@ impl IntoResponse for ApiError {
                 "Idempotency key reused",
                 "this Idempotency-Key was already used with a different request body; use a new key",
             ),
-            Self::Database(error) if is_unavailable(error) => {
-                tracing::error!(%error, "database unavailable");
-                Problem::service_unavailable("the database is unavailable; retry later")
-            }
-            Self::Database(error) => Problem::internal_logged(error),
+            Self::Database(error) => platform::db::error_problem(error),
         };
         problem.into_response()
     }
-}
-
-/// Pool exhaustion and lost connections are transient: 503 tells clients to retry.
-fn is_unavailable(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
 }

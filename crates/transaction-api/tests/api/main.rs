@@ -2,6 +2,7 @@
 
 mod cache;
 mod cli;
+mod delivery;
 mod helpers;
 mod idempotency;
 mod secrets;

@@ -74,10 +74,9 @@ async fn sigterm_lets_in_flight_requests_complete() {
 
 async fn wait_until_ready(http: &reqwest::Client, base: &str) {
     for _ in 0..200 {
-        if let Ok(response) = http.get(format!("{base}/ready")).send().await {
-            if response.status().is_success() {
-                return;
-            }
+        let response = http.get(format!("{base}/ready")).send().await;
+        if response.is_ok_and(|r| r.status().is_success()) {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

@@ -1,0 +1,55 @@
+//! notification-service: stores user notifications, from its API and from signed webhook events.
+
+pub mod config;
+pub mod http;
+pub mod store;
+
+use axum::Router;
+use axum::routing::{get, post};
+use platform::server::{Lifecycle, Service};
+use utoipa::OpenApi;
+
+pub use config::{Config, DEFAULTS};
+
+pub const SERVICE: &str = "notification-service";
+/// The PostgreSQL schema this service owns.
+pub const SCHEMA: &str = "notifications";
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "notification-service", description = "User notifications, created directly or from signed transaction events."),
+    paths(http::notify, http::receive_transaction_event, http::list_notifications),
+    components(schemas(store::Notification, http::NotifyRequest, http::NotificationPage, platform::Problem, platform::FieldError)),
+    tags((name = "notifications"), (name = "webhooks"))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of this service.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// Connects the database, migrates, and assembles the routes.
+pub async fn build(config: &Config, _lifecycle: &Lifecycle) -> anyhow::Result<Service> {
+    platform::metrics::install(&[]);
+    let pool = platform::db::pool(&config.database, SCHEMA)?;
+    if config.database.migrate_on_start {
+        platform::db::migrate(&pool, SCHEMA, &MIGRATOR)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot migrate the `{SCHEMA}` schema: {e}"))?;
+    }
+    let state = http::AppState {
+        pool: pool.clone(),
+        signing_key: config.webhook.signing_key.clone(),
+        tolerance: config.webhook.tolerance,
+        pagination: config.pagination,
+    };
+    let routes = Router::new()
+        .route("/notify", post(http::notify))
+        .route("/webhooks/transactions", post(http::receive_transaction_event))
+        .route("/notifications/{user_id}", get(http::list_notifications))
+        .with_state(state);
+    Ok(Service { name: SERVICE, routes, openapi: openapi(), database: pool, cache: None, workers: Vec::new() })
+}

@@ -1,0 +1,97 @@
+//! Signed transaction events: verification, deduplication, validation.
+
+use serde_json::Value;
+
+use crate::helpers::{SIGNING_KEY, assert_problem, spawn_app, transaction_event};
+
+#[tokio::test]
+async fn signed_event_creates_notification() {
+    let app = spawn_app().await;
+    let event_id = platform::ids::new_id("evt");
+    let response = app.post_signed_event(&event_id, &transaction_event(&event_id, "u1")).await;
+    assert_eq!(response.status().as_u16(), 201);
+    let body: Value = response.json().await.expect("json");
+    let message = body["message"].as_str().expect("message");
+    assert!(message.starts_with("Transaction txn_") && message.ends_with("of 100.50 BRL completed"), "{message}");
+    assert_eq!(app.items("u1").await.len(), 1);
+}
+
+#[tokio::test]
+async fn replayed_event_creates_no_second_notification() {
+    let app = spawn_app().await;
+    let event_id = platform::ids::new_id("evt");
+    let body = transaction_event(&event_id, "u1");
+    let first: Value = app.post_signed_event(&event_id, &body).await.json().await.expect("json");
+    let replay = app.post_signed_event(&event_id, &body).await;
+    assert_eq!(replay.status().as_u16(), 200, "a redelivery is acknowledged, not created again");
+    let replay: Value = replay.json().await.expect("json");
+    assert_eq!(replay, first);
+    assert_eq!(app.items("u1").await.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_duplicate_events_create_one_notification() {
+    let app = spawn_app().await;
+    let event_id = platform::ids::new_id("evt");
+    let body = transaction_event(&event_id, "u1");
+    let responses = futures::future::join_all((0..16).map(|_| app.post_signed_event(&event_id, &body))).await;
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 201 || *s == 200), "{statuses:?}");
+    assert_eq!(app.items("u1").await.len(), 1);
+}
+
+#[tokio::test]
+async fn bad_signature_is_401() {
+    let app = spawn_app().await;
+    let event_id = platform::ids::new_id("evt");
+    let body = transaction_event(&event_id, "u1");
+    let now = chrono::Utc::now().timestamp();
+    let wrong_key = app.post_event(&event_id, &body, "another-key-0123456789abcdef", now).await;
+    assert_problem(wrong_key, 401).await;
+    let tampered = body.replace("100.50", "900.50");
+    let signature = platform::webhook_signature::sign(SIGNING_KEY.as_bytes(), &event_id, now, body.as_bytes());
+    let response = app
+        .http
+        .post(app.server.url("/webhooks/transactions"))
+        .header("content-type", "application/json")
+        .header("webhook-id", &event_id)
+        .header("webhook-timestamp", now.to_string())
+        .header("webhook-signature", signature)
+        .body(tampered)
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(response, 401).await;
+    let unsigned = app
+        .http
+        .post(app.server.url("/webhooks/transactions"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send();
+    assert_problem(unsigned.await.expect("sent"), 401).await;
+    assert!(app.items("u1").await.is_empty());
+}
+
+#[tokio::test]
+async fn stale_timestamp_is_401() {
+    let app = spawn_app().await;
+    let event_id = platform::ids::new_id("evt");
+    let an_hour_ago = chrono::Utc::now().timestamp() - 3600;
+    let response = app.post_event(&event_id, &transaction_event(&event_id, "u1"), SIGNING_KEY, an_hour_ago).await;
+    let body = assert_problem(response, 401).await;
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains("too old")), "{body}");
+}
+
+#[tokio::test]
+async fn header_and_body_event_id_mismatch_is_422() {
+    let app = spawn_app().await;
+    let (header_id, body_id) = (platform::ids::new_id("evt"), platform::ids::new_id("evt"));
+    let response = app.post_signed_event(&header_id, &transaction_event(&body_id, "u1")).await;
+    let body = assert_problem(response, 422).await;
+    assert_eq!(body["errors"][0]["pointer"], "/id", "{body}");
+    let unknown_type = transaction_event(&header_id, "u1").replace("transaction.created", "transaction.refunded");
+    let body = assert_problem(app.post_signed_event(&header_id, &unknown_type).await, 422).await;
+    assert_eq!(body["errors"][0]["pointer"], "/type", "{body}");
+    assert!(app.items("u1").await.is_empty());
+}
