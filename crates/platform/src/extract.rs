@@ -32,15 +32,47 @@ impl<S: Send + Sync> FromRequest<S> for RawJson {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !has_json_content_type(request.headers()) {
+        let declared = declared_body_type(request.headers());
+        if declared == BodyType::Other {
             return Err(Problem::unsupported_media_type());
         }
         let limit = request.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
-        Bytes::from_request(request, state).await.map(RawJson).map_err(|rejection| match rejection {
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| match rejection {
             BytesRejection::FailedToBufferBody(error) if is_length_limit(&error) => Problem::payload_too_large(limit),
             other => Problem::bad_request(other.body_text()),
-        })
+        })?;
+        if declared == BodyType::Form && !looks_like_json_object(&bytes) {
+            return Err(Problem::unsupported_media_type());
+        }
+        Ok(RawJson(bytes))
     }
+}
+
+/// What the `Content-Type` header says the body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyType {
+    /// `application/json` or `application/*+json`, or no header at all.
+    Json,
+    /// `application/x-www-form-urlencoded`: what `curl -d` sends by default. Accepted only when
+    /// the body is plainly a JSON object, so the one-line curl examples work as typed.
+    Form,
+    Other,
+}
+
+fn declared_body_type(headers: &http::HeaderMap) -> BodyType {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else { return BodyType::Json };
+    let essence = value.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+        BodyType::Json
+    } else if essence == "application/x-www-form-urlencoded" {
+        BodyType::Form
+    } else {
+        BodyType::Other
+    }
+}
+
+fn looks_like_json_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 /// Whether buffering failed because the body exceeded the configured limit.
@@ -78,14 +110,6 @@ fn strip_position(message: &str) -> String {
         Some(index) => message[..index].to_owned(),
         None => message.to_owned(),
     }
-}
-
-fn has_json_content_type(headers: &http::HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// The configured body limit, stored in request extensions so rejections can quote it.
@@ -137,5 +161,30 @@ mod tests {
         assert_eq!(unknown.status, 422);
         assert!(unknown.errors[0].detail.contains("unknown field `extra`"), "{:?}", unknown.errors);
         assert_eq!(parse_json::<Body>(br#"{"name":"a","count":1} trailing"#).unwrap_err().status, 400);
+    }
+
+    fn with_content_type(value: Option<&str>) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        if let Some(value) = value {
+            headers.insert(header::CONTENT_TYPE, value.parse().expect("header value"));
+        }
+        headers
+    }
+
+    #[test]
+    fn json_form_and_other_content_types_are_told_apart() {
+        for (value, expected) in [
+            (None, BodyType::Json),
+            (Some("application/json"), BodyType::Json),
+            (Some("Application/JSON; charset=utf-8"), BodyType::Json),
+            (Some("application/merge-patch+json"), BodyType::Json),
+            (Some("application/x-www-form-urlencoded"), BodyType::Form),
+            (Some("text/plain"), BodyType::Other),
+            (Some("multipart/form-data; boundary=x"), BodyType::Other),
+        ] {
+            assert_eq!(declared_body_type(&with_content_type(value)), expected, "{value:?}");
+        }
+        assert!(looks_like_json_object(b"  {\"a\":1}"));
+        assert!(!looks_like_json_object(b"a=1&b=2"));
     }
 }

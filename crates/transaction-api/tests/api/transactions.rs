@@ -116,6 +116,17 @@ async fn malformed_json_is_400_and_non_json_is_415() {
     let app = spawn_app().await;
     assert_problem(app.post_raw("application/json", "{\"user_id\":".to_owned(), None).await, 400).await;
     assert_problem(app.post_raw("text/plain", brl("u1", "1").to_string(), None).await, 415).await;
+    assert_problem(app.post_raw("application/x-www-form-urlencoded", "user_id=u1".to_owned(), None).await, 415).await;
+}
+
+#[tokio::test]
+async fn a_json_body_sent_the_way_plain_curl_d_sends_it_is_accepted() {
+    let app = spawn_app().await;
+    let body = r#"{"user_id":"u1","amount":100.50,"currency":"BRL"}"#.to_owned();
+    let response = app.post_raw("application/x-www-form-urlencoded", body, None).await;
+    assert_eq!(response.status().as_u16(), 201);
+    let created: Value = response.json().await.expect("json");
+    assert_eq!(created["amount"], "100.50");
 }
 
 #[tokio::test]

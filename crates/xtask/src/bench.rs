@@ -1,0 +1,279 @@
+//! `cargo xtask bench`: a bounded load benchmark of both services on loopback, printed as markdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+use crate::infra::{Daemon, Durability, Postgres};
+use crate::prereqs::{self, Needs};
+use crate::services::{self, Output, Profile, RunningService, SERVICES};
+
+const CONCURRENCY: &[usize] = &[1, 16, 64, 256];
+
+/// One benchmarked request kind.
+#[derive(Debug, Clone, Copy)]
+enum Scenario {
+    CachedGet,
+    CreateTransaction,
+    Notify,
+}
+
+impl Scenario {
+    fn label(self) -> &'static str {
+        match self {
+            Self::CachedGet => "GET /transactions/{id} (cached)",
+            Self::CreateTransaction => "POST /transactions",
+            Self::Notify => "POST /notify",
+        }
+    }
+}
+
+/// Throughput and latency of one (scenario, concurrency) cell.
+struct Cell {
+    scenario: Scenario,
+    concurrency: usize,
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let duration = match args.iter().position(|a| a == "--duration") {
+        Some(i) => Duration::from_secs(args.get(i + 1).context("--duration needs seconds")?.parse()?),
+        None if quick => Duration::from_secs(2),
+        None => Duration::from_secs(5),
+    };
+    prereqs::ensure(Needs { moto: false })?;
+    services::check_ports_free()?;
+    let bin_dir = services::build(Profile::Release)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let postgres = Postgres::start(Durability::Production)?;
+        let redis = Daemon::redis()?;
+        services::create_database(&postgres)?;
+        let key = services::random_signing_key();
+        let http = reqwest::Client::builder().pool_max_idle_per_host(512).build()?;
+        let mut running = Vec::new();
+        let mut ready_times = Vec::new();
+        for service in SERVICES.iter().rev() {
+            let mut started =
+                services::start(&bin_dir, *service, &postgres, &redis, &key, Output::Quiet, ("json", "warn"))?;
+            ready_times.push((service.0, services::wait_ready(&http, &mut started, Duration::from_secs(30)).await?));
+            running.push(started);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle_rss: Vec<(&str, Option<u64>)> = running.iter().map(|s| (s.name, s.rss_kib())).collect();
+
+        let ids = seed_transactions(&http, 200).await?;
+        let mut cells = Vec::new();
+        for scenario in [Scenario::CachedGet, Scenario::CreateTransaction, Scenario::Notify] {
+            for &concurrency in CONCURRENCY {
+                eprintln!("xtask: {} at concurrency {concurrency} for {duration:?}", scenario.label());
+                cells.push(load(&http, scenario, concurrency, duration, &ids).await);
+                settle(&http).await;
+            }
+        }
+        let loaded_rss: Vec<(&str, Option<u64>)> = running.iter().map(|s| (s.name, s.rss_kib())).collect();
+        let end_to_end = end_to_end_latency(&http, if quick { 20 } else { 50 }).await?;
+        print_report(duration, &cells, &ready_times, &idle_rss, &loaded_rss, &end_to_end);
+        stop_all(&mut running);
+        drop((redis, postgres));
+        Ok(())
+    })
+}
+
+fn stop_all(running: &mut [RunningService]) {
+    for service in running.iter_mut().rev() {
+        service.stop();
+    }
+}
+
+async fn seed_transactions(http: &reqwest::Client, count: usize) -> Result<Vec<String>> {
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        let body = json!({"user_id": format!("seed-{i}"), "amount": "10.00", "currency": "EUR"});
+        let created: Value = http.post("http://127.0.0.1:8080/transactions").json(&body).send().await?.json().await?;
+        ids.push(created["id"].as_str().context("create answered without id")?.to_owned());
+    }
+    Ok(ids)
+}
+
+/// Lets the outbox drain between cells so one cell's backlog does not slow the next.
+async fn settle(http: &reqwest::Client) {
+    let _ = http.get("http://127.0.0.1:8080/ready").send().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+async fn load(
+    http: &reqwest::Client,
+    scenario: Scenario,
+    concurrency: usize,
+    duration: Duration,
+    ids: &[String],
+) -> Cell {
+    let ids = Arc::new(ids.to_vec());
+    let counter = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let (http, ids, counter) = (http.clone(), ids.clone(), counter.clone());
+            tokio::spawn(async move {
+                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+                let mut errors = 0u64;
+                while Instant::now() < deadline {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let request = match scenario {
+                        Scenario::CachedGet => {
+                            http.get(format!("http://127.0.0.1:8080/transactions/{}", ids[n as usize % ids.len()]))
+                        }
+                        Scenario::CreateTransaction => http.post("http://127.0.0.1:8080/transactions").json(
+                            &json!({"user_id": format!("bench-{worker}-{n}"), "amount": "12.34", "currency": "EUR"}),
+                        ),
+                        Scenario::Notify => http
+                            .post("http://127.0.0.1:8081/notify")
+                            .json(&json!({"user_id": format!("bench-{worker}"), "message": format!("message {n}")})),
+                    };
+                    let sent = Instant::now();
+                    let ok = match request.send().await {
+                        Ok(response) => {
+                            let success = response.status().is_success();
+                            let _ = response.bytes().await;
+                            success
+                        }
+                        Err(_) => false,
+                    };
+                    let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+                    let _ = latency.record(micros.min(60_000_000));
+                    if !ok {
+                        errors += 1;
+                    }
+                }
+                (latency, errors)
+            })
+        })
+        .collect();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut errors = 0;
+    for worker in workers {
+        if let Ok((histogram, worker_errors)) = worker.await {
+            let _ = latency.add(&histogram);
+            errors += worker_errors;
+        }
+    }
+    Cell { scenario, concurrency, requests: latency.len(), errors, elapsed: started.elapsed(), latency }
+}
+
+/// Create → notification visible, measured by polling the notification list.
+async fn end_to_end_latency(http: &reqwest::Client, samples: usize) -> Result<Histogram<u64>> {
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for i in 0..samples {
+        let user = format!("e2e-{i}-{}", rand::random::<u32>());
+        let started = Instant::now();
+        let created = http
+            .post("http://127.0.0.1:8080/transactions")
+            .json(&json!({"user_id": user, "amount": "1.00", "currency": "EUR"}))
+            .send()
+            .await?;
+        if !created.status().is_success() {
+            bail!("create failed: {}", created.status());
+        }
+        loop {
+            let page: Value =
+                http.get(format!("http://127.0.0.1:8081/notifications/{user}")).send().await?.json().await?;
+            if page["items"].as_array().is_some_and(|items| !items.is_empty()) {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("no notification for {user} after 10 s");
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        latency.record(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1))?;
+    }
+    Ok(latency)
+}
+
+fn ms(micros: u64) -> String {
+    format!("{:.2}", micros as f64 / 1000.0)
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or_else(|| "?".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+}
+
+fn print_report(
+    duration: Duration,
+    cells: &[Cell],
+    ready: &[(&str, Duration)],
+    idle: &[(&str, Option<u64>)],
+    loaded: &[(&str, Option<u64>)],
+    end_to_end: &Histogram<u64>,
+) {
+    println!("## Machine\n");
+    println!("- CPU: {} ({} cores online)", cpu_model(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!("- Memory: {}", mem_total());
+    println!("- Kernel: {}", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim());
+    println!("- Load generator, services, PostgreSQL (fsync on, synchronous_commit on) and Redis share these cores.");
+    println!("- {duration:?} per cell, keep-alive connections, release build.\n");
+    println!("## Throughput and latency\n");
+    println!("| scenario | concurrency | requests/s | p50 ms | p99 ms | max ms | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for cell in cells {
+        let rate = cell.requests as f64 / cell.elapsed.as_secs_f64();
+        println!(
+            "| {} | {} | {:.0} | {} | {} | {} | {} |",
+            cell.scenario.label(),
+            cell.concurrency,
+            rate,
+            ms(cell.latency.value_at_quantile(0.50)),
+            ms(cell.latency.value_at_quantile(0.99)),
+            ms(cell.latency.max()),
+            cell.errors
+        );
+    }
+    println!("\n## End to end: POST /transactions → notification listed\n");
+    println!(
+        "| samples | p50 ms | p99 ms | max ms |\n|---:|---:|---:|---:|\n| {} | {} | {} | {} |",
+        end_to_end.len(),
+        ms(end_to_end.value_at_quantile(0.50)),
+        ms(end_to_end.value_at_quantile(0.99)),
+        ms(end_to_end.max())
+    );
+    println!("\n## Processes\n");
+    println!("| service | start → ready | RSS idle | RSS after load |\n|---|---:|---:|---:|");
+    for (name, took) in ready {
+        let idle_rss = idle.iter().find(|(n, _)| n == name).and_then(|(_, r)| *r);
+        let loaded_rss = loaded.iter().find(|(n, _)| n == name).and_then(|(_, r)| *r);
+        println!(
+            "| {name} | {} ms | {} | {} |",
+            ms(u64::try_from(took.as_micros()).unwrap_or(0)),
+            mib(idle_rss),
+            mib(loaded_rss)
+        );
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn mem_total() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| info.lines().next().map(|l| l.trim_start_matches("MemTotal:").trim().to_owned()))
+        .unwrap_or_else(|| "unknown".to_owned())
+}

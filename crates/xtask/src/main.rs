@@ -1,0 +1,49 @@
+//! `cargo xtask <command>`: the developer workflow (up, test, bench) in one place.
+
+mod bench;
+mod infra;
+mod prereqs;
+mod services;
+mod test;
+mod up;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  up                 start PostgreSQL, Redis and every service locally; Ctrl-C stops everything
+  test [-- ARGS]     fmt, clippy, cargo-deny and all tests against throwaway PostgreSQL, Redis
+                     and moto (ARGS go to cargo nextest, e.g. -- -E 'test(outbox)')
+  bench [--quick] [--duration SECS]
+                     load benchmark on loopback; prints a markdown table";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("up") => up::run(),
+        Some("test") => test::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
+        Some("help" | "--help" | "-h") | None => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("xtask: unknown command `{other}`\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives in crates/xtask).
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_else(|_| ".".into())
+}

@@ -1,0 +1,65 @@
+//! System programs the workflow needs: found, installed with apt when we may, or explained.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::infra::{is_root, postgres_bin_dir, run, which};
+
+/// What a command needs besides Rust.
+#[derive(Debug, Clone, Copy)]
+pub struct Needs {
+    pub moto: bool,
+}
+
+/// Makes sure PostgreSQL and Redis (and moto when asked) are present. As root on a machine with
+/// apt, installs what is missing; otherwise prints how to install it and fails.
+pub fn ensure(needs: Needs) -> Result<()> {
+    let mut missing_apt = Vec::new();
+    if postgres_bin_dir().is_none() {
+        missing_apt.push("postgresql");
+    }
+    if which("redis-server").is_none() {
+        missing_apt.push("redis-server");
+    }
+    let missing_moto = needs.moto && which("moto_server").is_none();
+    if missing_apt.is_empty() && !missing_moto {
+        return Ok(());
+    }
+    let can_install = is_root() && which("apt-get").is_some();
+    if !can_install {
+        print_instructions(&missing_apt, missing_moto);
+        bail!("missing system programs (see above)");
+    }
+    if !missing_apt.is_empty() {
+        eprintln!("xtask: installing {} with apt-get", missing_apt.join(" "));
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing_apt)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if missing_moto {
+        eprintln!("xtask: installing moto (the AWS API emulator) with pip");
+        let requirements = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ci/requirements.txt");
+        run(Command::new("python3").args(["-m", "pip", "install", "-q", "-r", requirements]))?;
+    }
+    Ok(())
+}
+
+fn print_instructions(apt: &[&str], moto: bool) {
+    eprintln!("xtask: these programs are needed and missing:");
+    if !apt.is_empty() {
+        let brew: Vec<&str> = apt.iter().map(|p| if *p == "postgresql" { "postgresql@16" } else { "redis" }).collect();
+        let nix: Vec<String> = apt
+            .iter()
+            .map(|p| format!("nixpkgs#{}", if *p == "postgresql" { "postgresql" } else { "redis" }))
+            .collect();
+        eprintln!("  Debian/Ubuntu: sudo apt-get install -y {}", apt.join(" "));
+        eprintln!("  macOS:         brew install {}", brew.join(" "));
+        eprintln!("  Nix:           nix shell {}   (or: nix develop)", nix.join(" "));
+    }
+    if moto {
+        eprintln!("  moto (AWS API emulator, for tests): python3 -m pip install -r .ci/requirements.txt");
+    }
+}

@@ -1,0 +1,187 @@
+//! Builds and runs the service binaries as child processes, with prefixed output.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::infra::{Daemon, Postgres};
+
+/// The deployables `up` and `bench` run, with their local ports (ROADMAP.md).
+pub const SERVICES: &[(&str, u16)] = &[("transaction-api", 8080), ("notification-service", 8081)];
+
+/// Cargo profile to build with.
+#[derive(Debug, Clone, Copy)]
+pub enum Profile {
+    Debug,
+    Release,
+}
+
+/// Builds every service binary and returns the directory holding them.
+pub fn build(profile: Profile) -> Result<PathBuf> {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    command.arg("build").current_dir(crate::workspace_root());
+    for (name, _) in SERVICES {
+        command.args(["-p", name]);
+    }
+    if matches!(profile, Profile::Release) {
+        command.arg("--release");
+    }
+    let status = command.status().context("run cargo build")?;
+    if !status.success() {
+        bail!("building the services failed");
+    }
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
+    Ok(target.join(if matches!(profile, Profile::Release) { "release" } else { "debug" }))
+}
+
+/// A running service process.
+#[derive(Debug)]
+pub struct RunningService {
+    pub name: &'static str,
+    pub port: u16,
+    pub child: Child,
+    pub started: Instant,
+}
+
+impl RunningService {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Sends SIGTERM and waits (up to 30 s) for a graceful exit.
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+impl Drop for RunningService {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// How a service's output is shown.
+#[derive(Debug, Clone, Copy)]
+pub enum Output {
+    /// Each line prefixed with the coloured service name.
+    Prefixed,
+    /// Discarded (benchmarks).
+    Quiet,
+}
+
+/// Starts one service against the throwaway infrastructure.
+pub fn start(
+    bin_dir: &std::path::Path,
+    (name, port): (&'static str, u16),
+    postgres: &Postgres,
+    redis: &Daemon,
+    signing_key: &str,
+    output: Output,
+    log: (&str, &str),
+) -> Result<RunningService> {
+    let mut command = Command::new(bin_dir.join(name));
+    command
+        .env("QUILLA_SERVER__HOST", "127.0.0.1")
+        .env("QUILLA_SERVER__PORT", port.to_string())
+        .env("QUILLA_SERVER__DRAIN_DELAY", "0s")
+        .env("QUILLA_DATABASE__URL", postgres.url("quilla"))
+        .env("QUILLA_DATABASE__SSL_MODE", "disable")
+        .env("QUILLA_WEBHOOK__SIGNING_KEY", signing_key)
+        .env("QUILLA_TELEMETRY__LOG_FORMAT", log.0)
+        .env("QUILLA_TELEMETRY__LOG_LEVEL", log.1)
+        .stdin(Stdio::null())
+        // Own process group: Ctrl-C reaches xtask only, which then stops children in order.
+        .process_group(0);
+    if name == "transaction-api" {
+        command
+            .env("QUILLA_REDIS__URL", format!("redis://127.0.0.1:{}", redis.port))
+            .env("QUILLA_WEBHOOK__URL", "http://127.0.0.1:8081/webhooks/transactions");
+    }
+    match output {
+        Output::Prefixed => command.stdout(Stdio::piped()).stderr(Stdio::piped()),
+        Output::Quiet => command.stdout(Stdio::null()).stderr(Stdio::null()),
+    };
+    let started = Instant::now();
+    let mut child = command.spawn().with_context(|| format!("start {name}"))?;
+    if let Output::Prefixed = output {
+        let colour = if name == "transaction-api" { 36 } else { 35 };
+        let prefix = format!("\x1b[{colour}m[{name}]\x1b[0m");
+        if let Some(stdout) = child.stdout.take() {
+            forward(stdout, prefix.clone());
+        }
+        if let Some(stderr) = child.stderr.take() {
+            forward(stderr, prefix);
+        }
+    }
+    Ok(RunningService { name, port, child, started })
+}
+
+fn forward(stream: impl Read + Send + 'static, prefix: String) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            println!("{prefix} {line}");
+        }
+    });
+}
+
+/// Polls `GET /ready` until 200; returns the time from spawn to ready.
+pub async fn wait_ready(http: &reqwest::Client, service: &mut RunningService, timeout: Duration) -> Result<Duration> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let response = http.get(service.url("/ready")).send().await;
+        if response.is_ok_and(|r| r.status().is_success()) {
+            return Ok(service.started.elapsed());
+        }
+        if let Ok(Some(status)) = service.child.try_wait() {
+            bail!("{} exited during startup ({status})", service.name);
+        }
+        if Instant::now() > deadline {
+            bail!("{} was not ready within {timeout:?}", service.name);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A random signing key for a local run; never printed.
+pub fn random_signing_key() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// Makes sure the local ports are free before starting anything.
+pub fn check_ports_free() -> Result<()> {
+    for (name, port) in SERVICES {
+        if std::net::TcpListener::bind(("127.0.0.1", *port)).is_err() {
+            bail!("port {port} (for {name}) is in use; stop whatever listens there first");
+        }
+    }
+    Ok(())
+}
+
+/// Creates the `quilla` database the services share.
+pub fn create_database(postgres: &Postgres) -> Result<()> {
+    postgres.create_database("quilla").context("create the quilla database")
+}

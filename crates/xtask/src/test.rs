@@ -1,0 +1,86 @@
+//! `cargo xtask test`: every check CI runs, in order, each reported with its duration.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::infra::{Daemon, Durability, Postgres, which};
+use crate::prereqs::{self, Needs};
+
+/// One step: a name and the command it runs.
+struct Step {
+    name: &'static str,
+    command: Command,
+}
+
+fn cargo(args: &[&str]) -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    command.args(args).current_dir(crate::workspace_root());
+    command
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let nextest_args: Vec<&str> = args.iter().skip_while(|a| *a != "--").skip(1).map(String::as_str).collect();
+    let started = Instant::now();
+    let mut steps = vec![
+        Step { name: "rustfmt", command: cargo(&["fmt", "--all", "--", "--check"]) },
+        Step {
+            name: "clippy",
+            command: cargo(&["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]),
+        },
+    ];
+    match which("cargo-deny") {
+        Some(_) => steps.push(Step {
+            name: "cargo-deny (licenses, bans, sources)",
+            command: cargo(&["deny", "--all-features", "check", "licenses", "bans", "sources"]),
+        }),
+        None if std::env::var_os("CI").is_some() => {
+            bail!("cargo-deny is required in CI: cargo install cargo-deny --locked")
+        }
+        None => eprintln!("xtask: cargo-deny not installed, skipping it (cargo install cargo-deny --locked)"),
+    }
+    for step in steps {
+        run_step(step)?;
+    }
+
+    prereqs::ensure(Needs { moto: true })?;
+    let infra_started = Instant::now();
+    let postgres = Postgres::start(Durability::Disposable)?;
+    let redis = Daemon::redis()?;
+    let moto = Daemon::moto()?;
+    println!(
+        "xtask: ok  throwaway PostgreSQL :{}, Redis :{}, moto :{} ({:.1?})",
+        postgres.port,
+        redis.port,
+        moto.port,
+        infra_started.elapsed()
+    );
+    let mut nextest = cargo(&["nextest", "run", "--workspace", "--all-features", "--no-fail-fast"]);
+    nextest
+        .args(&nextest_args)
+        .env("QUILLA_TEST_DATABASE_URL", postgres.url("postgres"))
+        .env("QUILLA_TEST_REDIS_URL", format!("redis://127.0.0.1:{}", redis.port))
+        .env("QUILLA_TEST_AWS_ENDPOINT", format!("http://127.0.0.1:{}", moto.port))
+        // The emulator accepts any credentials; these keep the SDK off the network.
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    let result = run_step(Step { name: "tests (nextest)", command: nextest });
+    drop((moto, redis, postgres));
+    result?;
+    println!("xtask: all checks passed in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+fn run_step(mut step: Step) -> Result<()> {
+    let started = Instant::now();
+    println!("xtask: run {}", step.name);
+    let status = step.command.status().with_context(|| format!("start {}", step.name))?;
+    let took = started.elapsed();
+    if !status.success() {
+        bail!("{} failed after {took:.1?} ({status})", step.name);
+    }
+    println!("xtask: ok  {} ({took:.1?})", step.name);
+    Ok(())
+}
