@@ -33,6 +33,10 @@ pub struct TransactionsConfig {
     pub max_amount: Decimal,
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// How long a request waits behind a concurrent one holding the same Idempotency-Key
+    /// before getting 409.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_wait: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -13,6 +13,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("idempotency key reused with a different request")]
     IdempotencyKeyReused,
+    #[error("a request with this idempotency key is in progress")]
+    IdempotencyKeyInProgress,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -21,6 +23,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::IdempotencyKeyReused => Self::IdempotencyKeyReused,
+            StoreError::IdempotencyKeyInProgress => Self::IdempotencyKeyInProgress,
             StoreError::Database(e) => Self::Database(e),
         }
     }
@@ -36,6 +39,13 @@ impl IntoResponse for ApiError {
                 "Idempotency key reused",
                 "this Idempotency-Key was already used with a different request body; use a new key",
             ),
+            Self::IdempotencyKeyInProgress => {
+                let mut problem = Problem::conflict(
+                    "a request with this Idempotency-Key is still being processed; retry with the same key shortly",
+                );
+                problem.retry_after_seconds = Some(1);
+                problem
+            }
             Self::Database(error) => platform::db::error_problem(error),
         };
         problem.into_response()

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use crate::error::ApiError;
 use crate::money::{Money, parse_currency, parse_decimal};
 use crate::outbox;
-use crate::store::{self, Created, NewTransaction, Transaction};
+use crate::store::{self, Created, Idempotency, NewTransaction, Transaction};
 
 /// Header carrying the client's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -29,6 +29,7 @@ pub struct AppState {
     pub cache: Arc<Cache>,
     pub max_amount: Decimal,
     pub cache_ttl: std::time::Duration,
+    pub idempotency_wait: std::time::Duration,
     pub wake_dispatcher: Arc<Notify>,
 }
 
@@ -98,8 +99,10 @@ fn cache_key(id: &str) -> String {
         (status = 201, description = "Created (or replayed)", body = Transaction, headers(("Location" = String))),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with the same Idempotency-Key is still in progress", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields or reused idempotency key", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     tag = "transactions"
@@ -113,10 +116,9 @@ pub async fn create_transaction(
     let new = body.validate(state.max_amount).map_err(ApiError::Validation)?;
     let id = platform::ids::new_id("txn");
     let traceparent = platform::trace_context::current().map(|c| c.to_string());
-    let created = store::create(&state.pool, &id, &new, idempotency_key.as_deref(), |t| {
-        outbox::transaction_created(t, traceparent)
-    })
-    .await?;
+    let idempotency = idempotency_key.as_deref().map(|key| Idempotency { key, wait: state.idempotency_wait });
+    let created =
+        store::create(&state.pool, &id, &new, idempotency, |t| outbox::transaction_created(t, traceparent)).await?;
     let (transaction, replayed) = match created {
         Created::New(t) => {
             state.wake_dispatcher.notify_one();

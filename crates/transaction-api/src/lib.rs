@@ -67,6 +67,7 @@ pub async fn build(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<Ser
         cache: cache.clone(),
         max_amount: config.transactions.max_amount,
         cache_ttl: config.transactions.cache_ttl,
+        idempotency_wait: config.transactions.idempotency_wait,
         wake_dispatcher: wake,
     };
     let routes = Router::new()

@@ -52,6 +52,13 @@ pub struct OutboxEvent {
     pub traceparent: Option<String>,
 }
 
+/// A client's idempotency key and how long to wait behind a concurrent request holding it.
+#[derive(Debug, Clone, Copy)]
+pub struct Idempotency<'a> {
+    pub key: &'a str,
+    pub wait: std::time::Duration,
+}
+
 /// Result of a create call.
 #[derive(Debug)]
 pub enum Created {
@@ -64,9 +71,14 @@ pub enum Created {
 pub enum StoreError {
     #[error("the idempotency key was already used with a different request")]
     IdempotencyKeyReused,
+    #[error("another request with this idempotency key is still in progress")]
+    IdempotencyKeyInProgress,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
+
+/// SQLSTATE 55P03: a lock wait exceeded `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -103,13 +115,17 @@ pub async fn create(
     pool: &PgPool,
     id: &str,
     new: &NewTransaction,
-    idempotency_key: Option<&str>,
+    idempotency: Option<Idempotency<'_>>,
     make_event: impl FnOnce(&Transaction) -> OutboxEvent,
 ) -> Result<Created, StoreError> {
     let mut tx = pool.begin().await?;
-    if let Some(key) = idempotency_key {
+    if let Some(Idempotency { key, wait }) = idempotency {
         let fingerprint = new.fingerprint();
-        // Blocks while another request holding the same key is uncommitted, then conflicts.
+        // The insert below waits while another request holding the key is uncommitted; bound it.
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(format!("{}ms", wait.as_millis().max(1)))
+            .execute(&mut *tx)
+            .await?;
         let claimed = sqlx::query(
             "INSERT INTO idempotency_keys (key, fingerprint, transaction_id) VALUES ($1, $2, $3)
              ON CONFLICT (key) DO NOTHING",
@@ -118,7 +134,11 @@ pub async fn create(
         .bind(&fingerprint)
         .bind(id)
         .execute(&mut *tx)
-        .await?
+        .await
+        .map_err(|error| match error.as_database_error().and_then(|e| e.code()) {
+            Some(code) if code == LOCK_NOT_AVAILABLE => StoreError::IdempotencyKeyInProgress,
+            _ => StoreError::Database(error),
+        })?
         .rows_affected()
             == 1;
         if !claimed {

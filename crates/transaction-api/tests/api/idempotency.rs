@@ -55,3 +55,27 @@ async fn invalid_idempotency_key_is_422() {
     assert_problem(app.post_with_key(&brl("u1", "1"), &long).await, 422).await;
     assert_eq!(app.transaction_count().await, 0);
 }
+
+#[tokio::test]
+async fn a_key_held_by_a_request_in_progress_gets_409_with_retry_after() {
+    use sqlx::Connection;
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        extra_toml: "[transactions]\nidempotency_wait = \"200ms\"\n".to_owned(),
+        ..Default::default()
+    })
+    .await;
+    // An open transaction holding the key stands in for a slow request with the same key.
+    let mut holder = app.pool.acquire().await.expect("connection");
+    let mut tx = holder.begin().await.expect("begin");
+    sqlx::query("INSERT INTO idempotency_keys (key, fingerprint, transaction_id) VALUES ('busy', '\\x00', 'txn_x')")
+        .execute(&mut *tx)
+        .await
+        .expect("hold the key");
+    let response = app.post_with_key(&brl("u1", "5.00"), "busy").await;
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body = assert_problem(response, 409).await;
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains("still being processed")), "{body}");
+    tx.rollback().await.expect("release");
+    drop(holder);
+    assert_eq!(app.post_with_key(&brl("u1", "5.00"), "busy").await.status().as_u16(), 201, "free again after release");
+}
