@@ -111,6 +111,8 @@ impl Row {
 /// Stores a transaction and its outbox event atomically, honouring the idempotency key.
 ///
 /// `make_event` builds the event from the final transaction (it needs the id and timestamp).
+/// Without a key this is one statement (both inserts in one CTE, committed together); with a key
+/// the key is claimed first in the same database transaction.
 pub async fn create(
     pool: &PgPool,
     id: &str,
@@ -118,59 +120,84 @@ pub async fn create(
     idempotency: Option<Idempotency<'_>>,
     make_event: impl FnOnce(&Transaction) -> OutboxEvent,
 ) -> Result<Created, StoreError> {
-    let mut tx = pool.begin().await?;
-    if let Some(Idempotency { key, wait }) = idempotency {
-        let fingerprint = new.fingerprint();
-        // The insert below waits while another request holding the key is uncommitted; bound it.
-        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-            .bind(format!("{}ms", wait.as_millis().max(1)))
-            .execute(&mut *tx)
-            .await?;
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (key, fingerprint, transaction_id) VALUES ($1, $2, $3)
-             ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(key)
-        .bind(&fingerprint)
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(|error| match error.as_database_error().and_then(|e| e.code()) {
-            Some(code) if code == LOCK_NOT_AVAILABLE => StoreError::IdempotencyKeyInProgress,
-            _ => StoreError::Database(error),
-        })?
-        .rows_affected()
-            == 1;
-        if !claimed {
-            tx.rollback().await?;
-            return replay(pool, key, &fingerprint).await;
-        }
-    }
-    let row: Row = sqlx::query_as(
-        "INSERT INTO transactions (id, user_id, amount, currency, status)
-         VALUES ($1, $2, $3, $4, 'completed')
-         RETURNING id, user_id, amount, currency, status, created_at",
-    )
-    .bind(id)
-    .bind(&new.user_id)
-    .bind(new.money.amount())
-    .bind(new.money.currency().code())
-    .fetch_one(&mut *tx)
-    .await?;
-    let transaction = row.into_transaction();
+    let transaction = Transaction {
+        id: id.to_owned(),
+        user_id: new.user_id.clone(),
+        amount: new.money.amount_text(),
+        currency: new.money.currency().code().to_owned(),
+        status: "completed".to_owned(),
+        created_at: now_in_database_precision(),
+    };
     let event = make_event(&transaction);
-    sqlx::query(
-        "INSERT INTO outbox (event_id, event_type, transaction_id, payload, traceparent) VALUES ($1, $2, $3, $4, $5)",
+    let Some(Idempotency { key, wait }) = idempotency else {
+        insert_with_event(pool, new, &transaction, &event).await?;
+        return Ok(Created::New(transaction));
+    };
+    let mut tx = pool.begin().await?;
+    let fingerprint = new.fingerprint();
+    // The insert below waits while another request holding the key is uncommitted; bound it.
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(format!("{}ms", wait.as_millis().max(1)))
+        .execute(&mut *tx)
+        .await?;
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (key, fingerprint, transaction_id) VALUES ($1, $2, $3)
+         ON CONFLICT (key) DO NOTHING",
     )
-    .bind(&event.event_id)
-    .bind(event.event_type)
-    .bind(&transaction.id)
-    .bind(&event.payload)
-    .bind(&event.traceparent)
+    .bind(key)
+    .bind(&fingerprint)
+    .bind(id)
     .execute(&mut *tx)
-    .await?;
+    .await
+    .map_err(|error| match error.as_database_error().and_then(|e| e.code()) {
+        Some(code) if code == LOCK_NOT_AVAILABLE => StoreError::IdempotencyKeyInProgress,
+        _ => StoreError::Database(error),
+    })?
+    .rows_affected()
+        == 1;
+    if !claimed {
+        tx.rollback().await?;
+        return replay(pool, key, &fingerprint).await;
+    }
+    insert_with_event(&mut *tx, new, &transaction, &event).await?;
     tx.commit().await?;
     Ok(Created::New(transaction))
+}
+
+/// Inserts the transaction and its outbox event in one statement: one round trip, one commit
+/// when run outside a transaction. Foreign keys are checked at the end of the statement.
+async fn insert_with_event<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    new: &NewTransaction,
+    transaction: &Transaction,
+    event: &OutboxEvent,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH created AS (
+             INSERT INTO transactions (id, user_id, amount, currency, status, created_at)
+             VALUES ($1, $2, $3, $4, 'completed', $5)
+         )
+         INSERT INTO outbox (event_id, event_type, transaction_id, payload, traceparent)
+         VALUES ($6, $7, $1, $8, $9)",
+    )
+    .bind(&transaction.id)
+    .bind(&transaction.user_id)
+    .bind(new.money.amount())
+    .bind(&transaction.currency)
+    .bind(transaction.created_at)
+    .bind(&event.event_id)
+    .bind(event.event_type)
+    .bind(&event.payload)
+    .bind(&event.traceparent)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// PostgreSQL keeps microseconds; a timestamp made here must read back identical.
+fn now_in_database_precision() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
 async fn replay(pool: &PgPool, key: &str, fingerprint: &[u8]) -> Result<Created, StoreError> {

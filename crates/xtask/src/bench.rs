@@ -1,14 +1,14 @@
 //! `cargo xtask bench`: a bounded load benchmark of both services on loopback, printed as markdown.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use crate::infra::{Daemon, Durability, Postgres};
+use crate::infra::{Daemon, Durability, Postgres, ScratchDir};
 use crate::prereqs::{self, Needs};
 use crate::services::{self, Output, Profile, RunningService, SERVICES};
 
@@ -32,14 +32,16 @@ impl Scenario {
     }
 }
 
-/// Throughput and latency of one (scenario, concurrency) cell.
+/// Throughput and latency (microseconds) of one (scenario, concurrency) cell.
 struct Cell {
     scenario: Scenario,
     concurrency: usize,
     requests: u64,
     errors: u64,
     elapsed: Duration,
-    latency: Histogram<u64>,
+    p50: u64,
+    p99: u64,
+    max: u64,
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -49,7 +51,7 @@ pub fn run(args: &[String]) -> Result<()> {
         None if quick => Duration::from_secs(2),
         None => Duration::from_secs(5),
     };
-    prereqs::ensure(Needs { moto: false })?;
+    prereqs::ensure(Needs { moto: false, wrk: true })?;
     services::check_ports_free()?;
     let bin_dir = services::build(Profile::Release)?;
     let runtime = tokio::runtime::Runtime::new()?;
@@ -71,11 +73,12 @@ pub fn run(args: &[String]) -> Result<()> {
         let idle_rss: Vec<(&str, Option<u64>)> = running.iter().map(|s| (s.name, s.rss_kib())).collect();
 
         let ids = seed_transactions(&http, 200).await?;
+        let scratch = ScratchDir::new("bench")?;
         let mut cells = Vec::new();
         for scenario in [Scenario::CachedGet, Scenario::CreateTransaction, Scenario::Notify] {
             for &concurrency in CONCURRENCY {
                 eprintln!("xtask: {} at concurrency {concurrency} for {duration:?}", scenario.label());
-                cells.push(load(&http, scenario, concurrency, duration, &ids).await);
+                cells.push(load(scenario, concurrency, duration, &ids, &scratch.0)?);
                 settle(&http).await;
             }
         }
@@ -110,65 +113,75 @@ async fn settle(http: &reqwest::Client) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
-async fn load(
-    http: &reqwest::Client,
-    scenario: Scenario,
-    concurrency: usize,
-    duration: Duration,
-    ids: &[String],
-) -> Cell {
-    let ids = Arc::new(ids.to_vec());
-    let counter = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let deadline = started + duration;
-    let workers: Vec<_> = (0..concurrency)
-        .map(|worker| {
-            let (http, ids, counter) = (http.clone(), ids.clone(), counter.clone());
-            tokio::spawn(async move {
-                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-                let mut errors = 0u64;
-                while Instant::now() < deadline {
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    let request = match scenario {
-                        Scenario::CachedGet => {
-                            http.get(format!("http://127.0.0.1:8080/transactions/{}", ids[n as usize % ids.len()]))
-                        }
-                        Scenario::CreateTransaction => http.post("http://127.0.0.1:8080/transactions").json(
-                            &json!({"user_id": format!("bench-{worker}-{n}"), "amount": "12.34", "currency": "EUR"}),
-                        ),
-                        Scenario::Notify => http
-                            .post("http://127.0.0.1:8081/notify")
-                            .json(&json!({"user_id": format!("bench-{worker}"), "message": format!("message {n}")})),
-                    };
-                    let sent = Instant::now();
-                    let ok = match request.send().await {
-                        Ok(response) => {
-                            let success = response.status().is_success();
-                            let _ = response.bytes().await;
-                            success
-                        }
-                        Err(_) => false,
-                    };
-                    let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
-                    let _ = latency.record(micros.min(60_000_000));
-                    if !ok {
-                        errors += 1;
-                    }
-                }
-                (latency, errors)
-            })
-        })
-        .collect();
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-    let mut errors = 0;
-    for worker in workers {
-        if let Ok((histogram, worker_errors)) = worker.await {
-            let _ = latency.add(&histogram);
-            errors += worker_errors;
+/// Runs one cell with wrk (an efficient C load generator, so the numbers measure the services
+/// rather than the client) and reads the summary its Lua `done` hook prints.
+fn load(scenario: Scenario, concurrency: usize, duration: Duration, ids: &[String], scratch: &Path) -> Result<Cell> {
+    let (url, script) = match scenario {
+        Scenario::CachedGet => {
+            let list: Vec<String> = ids.iter().map(|id| format!("\"{id}\"")).collect();
+            let script = format!(
+                "ids = {{{}}}\nlocal i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(\"GET\", \"/transactions/\" .. ids[(i % #ids) + 1])\nend\n",
+                list.join(",")
+            );
+            ("http://127.0.0.1:8080", script)
         }
-    }
-    Cell { scenario, concurrency, requests: latency.len(), errors, elapsed: started.elapsed(), latency }
+        Scenario::CreateTransaction => (
+            "http://127.0.0.1:8080/transactions",
+            post_script(r#"{\"user_id\":\"bench\",\"amount\":\"12.34\",\"currency\":\"EUR\"}"#),
+        ),
+        Scenario::Notify => {
+            ("http://127.0.0.1:8081/notify", post_script(r#"{\"user_id\":\"bench\",\"message\":\"hello\"}"#))
+        }
+    };
+    let script_path = scratch.join("scenario.lua");
+    std::fs::write(&script_path, format!("{script}{DONE_HOOK}"))?;
+    let output = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{concurrency}"),
+            &format!("-d{}s", duration.as_secs().max(1)),
+            "--timeout",
+            "10s",
+            "-s",
+        ])
+        .arg(&script_path)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .context("run wrk")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("QUILLA "))
+        .with_context(|| format!("wrk printed no summary: {stdout}{}", String::from_utf8_lossy(&output.stderr)))?;
+    let numbers: Vec<u64> = summary.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    let [requests, duration_us, status_errors, socket_errors, p50, p99, max] = numbers[..] else {
+        bail!("unexpected wrk summary: {summary}");
+    };
+    Ok(Cell {
+        scenario,
+        concurrency,
+        requests,
+        errors: status_errors + socket_errors,
+        elapsed: Duration::from_micros(duration_us),
+        p50,
+        p99,
+        max,
+    })
 }
+
+fn post_script(body: &str) -> String {
+    format!("wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = \"{body}\"\n")
+}
+
+/// Prints `QUILLA requests duration_us non2xx socket_errors p50_us p99_us max_us` when wrk ends.
+const DONE_HOOK: &str = r#"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("QUILLA %d %d %d %d %d %d %d\n", summary.requests, summary.duration, e.status,
+    e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(99), latency.max))
+end
+"#;
 
 /// Create → notification visible, measured by polling the notification list.
 async fn end_to_end_latency(http: &reqwest::Client, samples: usize) -> Result<Histogram<u64>> {
@@ -221,7 +234,7 @@ fn print_report(
     println!("- Memory: {}", mem_total());
     println!("- Kernel: {}", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim());
     println!("- Load generator, services, PostgreSQL (fsync on, synchronous_commit on) and Redis share these cores.");
-    println!("- {duration:?} per cell, keep-alive connections, release build.\n");
+    println!("- {duration:?} per cell, wrk (1 thread, keep-alive connections), release build.\n");
     println!("## Throughput and latency\n");
     println!("| scenario | concurrency | requests/s | p50 ms | p99 ms | max ms | errors |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
@@ -232,9 +245,9 @@ fn print_report(
             cell.scenario.label(),
             cell.concurrency,
             rate,
-            ms(cell.latency.value_at_quantile(0.50)),
-            ms(cell.latency.value_at_quantile(0.99)),
-            ms(cell.latency.max()),
+            ms(cell.p50),
+            ms(cell.p99),
+            ms(cell.max),
             cell.errors
         );
     }

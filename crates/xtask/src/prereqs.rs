@@ -10,6 +10,8 @@ use crate::infra::{is_root, postgres_bin_dir, run, which};
 #[derive(Debug, Clone, Copy)]
 pub struct Needs {
     pub moto: bool,
+    /// The wrk load generator (benchmarks).
+    pub wrk: bool,
 }
 
 /// Makes sure PostgreSQL and Redis (and moto when asked) are present. As root on a machine with
@@ -21,6 +23,9 @@ pub fn ensure(needs: Needs) -> Result<()> {
     }
     if which("redis-server").is_none() {
         missing_apt.push("redis-server");
+    }
+    if needs.wrk && which("wrk").is_none() {
+        missing_apt.push("wrk");
     }
     let missing_moto = needs.moto && which("moto_server").is_none();
     if missing_apt.is_empty() && !missing_moto {
@@ -50,16 +55,28 @@ pub fn ensure(needs: Needs) -> Result<()> {
 fn print_instructions(apt: &[&str], moto: bool) {
     eprintln!("xtask: these programs are needed and missing:");
     if !apt.is_empty() {
-        let brew: Vec<&str> = apt.iter().map(|p| if *p == "postgresql" { "postgresql@16" } else { "redis" }).collect();
-        let nix: Vec<String> = apt
-            .iter()
-            .map(|p| format!("nixpkgs#{}", if *p == "postgresql" { "postgresql" } else { "redis" }))
-            .collect();
+        let brew: Vec<&str> = apt.iter().map(|p| brew_name(p)).collect();
+        let nix: Vec<String> = apt.iter().map(|p| format!("nixpkgs#{}", nix_name(p))).collect();
         eprintln!("  Debian/Ubuntu: sudo apt-get install -y {}", apt.join(" "));
         eprintln!("  macOS:         brew install {}", brew.join(" "));
         eprintln!("  Nix:           nix shell {}   (or: nix develop)", nix.join(" "));
     }
     if moto {
         eprintln!("  moto (AWS API emulator, for tests): python3 -m pip install -r .ci/requirements.txt");
+    }
+}
+
+fn brew_name(apt: &str) -> &str {
+    match apt {
+        "postgresql" => "postgresql@16",
+        "redis-server" => "redis",
+        other => other,
+    }
+}
+
+fn nix_name(apt: &str) -> &str {
+    match apt {
+        "redis-server" => "redis",
+        other => other,
     }
 }

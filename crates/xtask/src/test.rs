@@ -44,7 +44,7 @@ pub fn run(args: &[String]) -> Result<()> {
         run_step(step)?;
     }
 
-    prereqs::ensure(Needs { moto: true })?;
+    prereqs::ensure(Needs { moto: true, wrk: false })?;
     let infra_started = Instant::now();
     let postgres = Postgres::start(Durability::Disposable)?;
     let redis = Daemon::redis()?;
