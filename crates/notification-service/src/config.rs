@@ -73,7 +73,7 @@ mod tests {
     use platform::config::{Sources, load};
 
     fn with(overrides: &str) -> Result<Config, ConfigError> {
-        load(&Sources { defaults: DEFAULTS, file: None, env: false, overrides: Some(overrides.to_owned()) })
+        load(&Sources::overridden(DEFAULTS, overrides))
     }
 
     #[test]

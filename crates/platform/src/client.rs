@@ -89,7 +89,7 @@ impl ResilientClient {
                         .map(Duration::from_secs);
                     Err(ClientError::Status { status: response.status().as_u16(), retry_after })
                 }
-                Err(error) => Err(ClientError::Transport(error_chain(&error))),
+                Err(error) => Err(ClientError::Transport(crate::error_chain(&error))),
             };
             let retryable = match &result {
                 Ok(_) => {
@@ -130,17 +130,6 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     let ceiling = base.saturating_mul(1 << exponent).min(max);
     let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(rand::rng().random_range(0..=millis))
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -82,6 +82,11 @@ pub struct Sources {
 }
 
 impl Sources {
+    /// Defaults plus one TOML layer, ignoring the process environment (tests and tools).
+    pub fn overridden(defaults: &'static str, overrides: impl Into<String>) -> Self {
+        Self { defaults, file: None, env: false, overrides: Some(overrides.into()) }
+    }
+
     /// The production layering: embedded defaults, `$QUILLA_CONFIG`, environment.
     pub fn from_process(defaults: &'static str) -> Self {
         Self { defaults, file: std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from), env: true, overrides: None }

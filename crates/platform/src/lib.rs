@@ -22,4 +22,16 @@ pub mod webhook_signature;
 pub mod testkit;
 
 pub use problem::{FieldError, Problem};
+
+/// An error and all its causes on one line (`outer: cause: root cause`), for logs and messages.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
 pub use secret::Secret;

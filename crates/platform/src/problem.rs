@@ -137,14 +137,7 @@ impl Problem {
 
     /// Logs `error` with its cause chain and returns a bare 500.
     pub fn internal_logged(error: &(dyn std::error::Error + 'static)) -> Self {
-        let mut chain = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            chain.push_str(": ");
-            chain.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        tracing::error!(error = %chain, "internal error");
+        tracing::error!(error = %crate::error_chain(error), "internal error");
         Self::internal()
     }
 

@@ -50,22 +50,11 @@ async fn fetch(client: &aws_sdk_secretsmanager::Client, secret_id: &str) -> Resu
         .secret_id(secret_id)
         .send()
         .await
-        .map_err(|e| format!("cannot read AWS Secrets Manager secret `{secret_id}`: {}", aws_error_text(&e)))?;
+        .map_err(|e| format!("cannot read AWS Secrets Manager secret `{secret_id}`: {}", crate::error_chain(&e)))?;
     output
         .secret_string()
         .map(str::to_owned)
         .ok_or_else(|| format!("AWS Secrets Manager secret `{secret_id}` has no string value"))
-}
-
-fn aws_error_text<E: std::error::Error>(error: &E) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn extract_field(document: &str, field: &str) -> Result<String, String> {

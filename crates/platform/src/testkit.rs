@@ -40,6 +40,35 @@ pub fn aws_endpoint() -> String {
     required_env("QUILLA_TEST_AWS_ENDPOINT")
 }
 
+/// Server settings for in-process tests: loopback, no drain delay, no rate limit.
+pub fn server_config() -> crate::config::ServerConfig {
+    toml::from_str(
+        r#"host = "127.0.0.1"
+port = 0
+request_timeout = "5s"
+body_limit_bytes = 1024
+drain_delay = "0s"
+shutdown_grace = "1s"
+rate_limit = { requests_per_second = 0, burst = 1 }"#,
+    )
+    .expect("test server config")
+}
+
+/// A service made of `routes` alone, whose database pool points nowhere and is never used.
+pub fn service_without_database(name: &'static str, routes: axum::Router) -> Service {
+    let database = sqlx::postgres::PgPoolOptions::new()
+        .connect_lazy("postgres://nobody@127.0.0.1:9/none")
+        .expect("a lazy pool needs no connection");
+    Service {
+        name,
+        routes,
+        openapi: utoipa::openapi::OpenApiBuilder::new().build(),
+        database,
+        cache: None,
+        workers: Vec::new(),
+    }
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")

@@ -6,8 +6,9 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::routing::{get, post};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use platform::config::{LogFormat, ServerConfig, TelemetryConfig};
-use platform::server::{Lifecycle, Service};
+use platform::config::{LogFormat, TelemetryConfig};
+use platform::server::Lifecycle;
+use platform::testkit;
 use prost::Message;
 use tower::ServiceExt;
 
@@ -30,19 +31,6 @@ async fn start_collector() -> (u16, Received) {
     (port, received)
 }
 
-fn server_config() -> ServerConfig {
-    toml::from_str(
-        r#"host = "127.0.0.1"
-port = 0
-request_timeout = "5s"
-body_limit_bytes = 1024
-drain_delay = "0s"
-shutdown_grace = "1s"
-rate_limit = { requests_per_second = 0, burst = 1 }"#,
-    )
-    .expect("server config")
-}
-
 #[test]
 fn request_spans_are_exported_in_the_callers_trace() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -57,17 +45,11 @@ fn request_spans_are_exported_in_the_callers_trace() {
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
     runtime.block_on(async {
-        let database =
-            sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:9/none").expect("lazy pool");
-        let service = Service {
-            name: "otlp-test",
-            routes: Router::new().route("/hello/{name}", get(|| async { "hi" })),
-            openapi: utoipa::openapi::OpenApiBuilder::new().build(),
-            database,
-            cache: None,
-            workers: Vec::new(),
-        };
-        let app = platform::server::router(&service, &server_config(), &Lifecycle::new());
+        let service = testkit::service_without_database(
+            "otlp-test",
+            Router::new().route("/hello/{name}", get(|| async { "hi" })),
+        );
+        let app = platform::server::router(&service, &testkit::server_config(), &Lifecycle::new());
         let request = http::Request::get("/hello/world")
             .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
             .body(Body::empty())

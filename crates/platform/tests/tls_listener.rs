@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use axum::Router;
-use platform::config::{ServerConfig, TlsConfig};
-use platform::server::{Lifecycle, Service};
+use platform::config::TlsConfig;
+use platform::server::Lifecycle;
+use platform::testkit;
 
 #[tokio::test]
 async fn serves_https_with_the_configured_certificate_and_refuses_plain_http() {
@@ -16,27 +17,9 @@ async fn serves_https_with_the_configured_certificate_and_refuses_plain_http() {
     std::fs::write(&cert_path, generated.cert.pem()).expect("write cert");
     std::fs::write(&key_path, generated.signing_key.serialize_pem()).expect("write key");
 
-    let mut config: ServerConfig = toml::from_str(
-        r#"host = "127.0.0.1"
-port = 0
-request_timeout = "5s"
-body_limit_bytes = 1024
-drain_delay = "0s"
-shutdown_grace = "1s"
-rate_limit = { requests_per_second = 0, burst = 1 }"#,
-    )
-    .expect("server config");
+    let mut config = testkit::server_config();
     config.tls = Some(TlsConfig { cert_path, key_path });
-    let database =
-        sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:9/none").expect("lazy pool");
-    let service = Service {
-        name: "tls-test",
-        routes: Router::new(),
-        openapi: utoipa::openapi::OpenApiBuilder::new().build(),
-        database,
-        cache: None,
-        workers: Vec::new(),
-    };
+    let service = testkit::service_without_database("tls-test", Router::new());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let lifecycle = Lifecycle::new();

@@ -110,7 +110,7 @@ mod tests {
     use platform::config::{Sources, load};
 
     fn with(overrides: &str) -> Result<Config, ConfigError> {
-        load(&Sources { defaults: DEFAULTS, file: None, env: false, overrides: Some(overrides.to_owned()) })
+        load(&Sources::overridden(DEFAULTS, overrides))
     }
 
     const KEY: &str = "[webhook]\nsigning_key = \"0123456789abcdef0123456789abcdef\"\n";

@@ -25,8 +25,7 @@ pub async fn spawn_app_with_database(database_url: &str, extra_database_toml: &s
          [webhook]\nsigning_key = \"{SIGNING_KEY}\"\n\
          [database]\nurl = \"{database_url}\"\nssl_mode = \"disable\"\n{extra_database_toml}\n"
     );
-    let config: Config = load(&Sources { defaults: DEFAULTS, file: None, env: false, overrides: Some(overrides) })
-        .expect("valid test config");
+    let config: Config = load(&Sources::overridden(DEFAULTS, overrides)).expect("valid test config");
     let lifecycle = platform::server::Lifecycle::new();
     let service = build(&config, &lifecycle).await.expect("service builds");
     let server = TestServer::start(service, &config.server, lifecycle).await;

@@ -27,8 +27,7 @@ async fn start_notification_service(database_url: &str, port: u16, signing_key: 
          [database]\nurl = \"{database_url}\"\nssl_mode = \"disable\"\n[webhook]\nsigning_key = \"{signing_key}\"\n"
     );
     let config: notification_service::Config =
-        load(&Sources { defaults: notification_service::DEFAULTS, file: None, env: false, overrides: Some(overrides) })
-            .expect("notification-service config");
+        load(&Sources::overridden(notification_service::DEFAULTS, overrides)).expect("notification-service config");
     let lifecycle = platform::server::Lifecycle::new();
     let service = notification_service::build(&config, &lifecycle).await.expect("notification-service builds");
     TestServer::start_on(service, &config.server, lifecycle, port).await

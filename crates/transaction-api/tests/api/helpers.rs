@@ -72,8 +72,7 @@ retry_max = "200ms"
     let mut table: toml::Table = overrides.parse().expect("test TOML");
     merge(&mut table, options.extra_toml.parse().expect("extra TOML"));
     let overrides = toml::to_string(&table).expect("TOML");
-    load(&Sources { defaults: DEFAULTS, file: None, env: false, overrides: Some(overrides) })
-        .expect("valid test config")
+    load(&Sources::overridden(DEFAULTS, overrides)).expect("valid test config")
 }
 
 /// Deep-merges `extra` into `base` (tables merge, other values replace).

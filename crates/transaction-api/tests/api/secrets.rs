@@ -15,7 +15,7 @@ async fn secrets_client() -> aws_sdk_secretsmanager::Client {
 }
 
 fn config_with(overrides: String) -> Config {
-    load(&Sources { defaults: DEFAULTS, file: None, env: false, overrides: Some(overrides) }).expect("valid config")
+    load(&Sources::overridden(DEFAULTS, overrides)).expect("valid config")
 }
 
 fn unique(name: &str) -> String {
