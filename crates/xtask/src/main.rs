@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the developer workflow (up, test, bench) in one place.
 
 mod bench;
+mod images;
 mod infra;
 mod prereqs;
 mod services;
@@ -14,10 +15,13 @@ usage: cargo xtask <command> [options]
 
 commands:
   up                 start PostgreSQL, Redis and every service locally; Ctrl-C stops everything
-  test [-- ARGS]     fmt, clippy, cargo-deny and all tests against throwaway PostgreSQL, Redis
-                     and moto (ARGS go to cargo nextest, e.g. -- -E 'test(outbox)')
+  test [-- ARGS]     fmt, clippy, cargo-deny, image checks and all tests against throwaway
+                     PostgreSQL, Redis and moto (ARGS go to cargo nextest, e.g. -- -E 'test(outbox)')
   bench [--quick] [--duration SECS]
-                     load benchmark on loopback; prints a markdown table";
+                     load benchmark on loopback; prints a markdown table
+  images [--check]   build every service's OCI image layout (static binary, CA certificates,
+                     user 65532) without a daemon; --check verifies size, user, no shell, and
+                     that the binary runs in an empty root";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,6 +29,7 @@ fn main() -> ExitCode {
         Some("up") => up::run(),
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("images") => images::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

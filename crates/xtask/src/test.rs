@@ -43,6 +43,10 @@ pub fn run(args: &[String]) -> Result<()> {
     for step in steps {
         run_step(step)?;
     }
+    let images_started = Instant::now();
+    println!("xtask: run images --check");
+    crate::images::run(&["--check".to_owned()]).context("image checks")?;
+    println!("xtask: ok  images --check ({:.1?})", images_started.elapsed());
 
     prereqs::ensure(Needs { moto: true, wrk: false })?;
     let infra_started = Instant::now();
