@@ -3,6 +3,7 @@
 mod bench;
 mod images;
 mod infra;
+mod nix;
 mod prereqs;
 mod services;
 mod test;

@@ -12,6 +12,8 @@ pub struct Needs {
     pub moto: bool,
     /// The wrk load generator (benchmarks).
     pub wrk: bool,
+    /// `nix-instantiate`, to parse the flake where nixpkgs cannot be fetched.
+    pub nix: bool,
 }
 
 /// Makes sure PostgreSQL and Redis (and moto when asked) are present. As root on a machine with
@@ -26,6 +28,9 @@ pub fn ensure(needs: Needs) -> Result<()> {
     }
     if needs.wrk && which("wrk").is_none() {
         missing_apt.push("wrk");
+    }
+    if needs.nix && which("nix-instantiate").is_none() {
+        missing_apt.push("nix-bin");
     }
     let missing_moto = needs.moto && which("moto_server").is_none();
     if missing_apt.is_empty() && !missing_moto {
@@ -70,6 +75,7 @@ fn brew_name(apt: &str) -> &str {
     match apt {
         "postgresql" => "postgresql@16",
         "redis-server" => "redis",
+        "nix-bin" => "nix",
         other => other,
     }
 }
@@ -77,6 +83,7 @@ fn brew_name(apt: &str) -> &str {
 fn nix_name(apt: &str) -> &str {
     match apt {
         "redis-server" => "redis",
+        "nix-bin" => "nix",
         other => other,
     }
 }

@@ -43,12 +43,16 @@ pub fn run(args: &[String]) -> Result<()> {
     for step in steps {
         run_step(step)?;
     }
+    prereqs::ensure(Needs { moto: true, wrk: false, nix: true })?;
+    let nix_started = Instant::now();
+    println!("xtask: run nix checks");
+    crate::nix::check()?;
+    println!("xtask: ok  nix checks ({:.1?})", nix_started.elapsed());
     let images_started = Instant::now();
     println!("xtask: run images --check");
     crate::images::run(&["--check".to_owned()]).context("image checks")?;
     println!("xtask: ok  images --check ({:.1?})", images_started.elapsed());
 
-    prereqs::ensure(Needs { moto: true, wrk: false })?;
     let infra_started = Instant::now();
     let postgres = Postgres::start(Durability::Disposable)?;
     let redis = Daemon::redis()?;
