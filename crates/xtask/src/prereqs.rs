@@ -9,7 +9,8 @@ use crate::infra::{is_root, postgres_bin_dir, run, which};
 /// What a command needs besides Rust.
 #[derive(Debug, Clone, Copy)]
 pub struct Needs {
-    pub moto: bool,
+    /// The Python tools of .ci/requirements.txt: moto (AWS emulator) and yamllint.
+    pub python_tools: bool,
     /// The wrk load generator (benchmarks).
     pub wrk: bool,
     /// `nix-instantiate`, to parse the flake where nixpkgs cannot be fetched.
@@ -32,7 +33,7 @@ pub fn ensure(needs: Needs) -> Result<()> {
     if needs.nix && which("nix-instantiate").is_none() {
         missing_apt.push("nix-bin");
     }
-    let missing_moto = needs.moto && which("moto_server").is_none();
+    let missing_moto = needs.python_tools && (which("moto_server").is_none() || which("yamllint").is_none());
     if missing_apt.is_empty() && !missing_moto {
         return Ok(());
     }
@@ -50,7 +51,7 @@ pub fn ensure(needs: Needs) -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     if missing_moto {
-        eprintln!("xtask: installing moto (the AWS API emulator) with pip");
+        eprintln!("xtask: installing the Python tools (moto, yamllint) with pip");
         let requirements = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ci/requirements.txt");
         run(Command::new("python3").args(["-m", "pip", "install", "-q", "-r", requirements]))?;
     }
@@ -67,7 +68,7 @@ fn print_instructions(apt: &[&str], moto: bool) {
         eprintln!("  Nix:           nix shell {}   (or: nix develop)", nix.join(" "));
     }
     if moto {
-        eprintln!("  moto (AWS API emulator, for tests): python3 -m pip install -r .ci/requirements.txt");
+        eprintln!("  moto and yamllint (for tests): python3 -m pip install -r .ci/requirements.txt");
     }
 }
 

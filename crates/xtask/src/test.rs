@@ -43,7 +43,13 @@ pub fn run(args: &[String]) -> Result<()> {
     for step in steps {
         run_step(step)?;
     }
-    prereqs::ensure(Needs { moto: true, wrk: false, nix: true })?;
+    prereqs::ensure(Needs { python_tools: true, wrk: false, nix: true })?;
+    let mut yamllint = Command::new("yamllint");
+    yamllint
+        .args(["--strict", "-c", ".yamllint.yaml", ".github", ".pre-commit-config.yaml", ".yamllint.yaml"])
+        .current_dir(crate::workspace_root());
+    run_step(Step { name: "yamllint (workflows)", command: yamllint })?;
+    run_step(Step { name: "secret scan", command: secret_scan()? })?;
     let nix_started = Instant::now();
     println!("xtask: run nix checks");
     crate::nix::check()?;
@@ -79,6 +85,20 @@ pub fn run(args: &[String]) -> Result<()> {
     result?;
     println!("xtask: all checks passed in {:.1?}", started.elapsed());
     Ok(())
+}
+
+/// `.ci/check-no-secrets` over every tracked file (except the scanner, which names the patterns).
+fn secret_scan() -> Result<Command> {
+    let root = crate::workspace_root();
+    let listed = Command::new("git").args(["ls-files", "-z"]).current_dir(&root).output().context("git ls-files")?;
+    let files: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .split('\0')
+        .filter(|f| !f.is_empty() && *f != ".ci/check-no-secrets" && root.join(f).is_file())
+        .map(str::to_owned)
+        .collect();
+    let mut command = Command::new(root.join(".ci/check-no-secrets"));
+    command.args(files).current_dir(root);
+    Ok(command)
 }
 
 fn run_step(mut step: Step) -> Result<()> {
