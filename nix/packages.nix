@@ -33,7 +33,27 @@ let
 
   cargoArtifacts = craneLib.buildDepsOnly commonArgs;
 
-  # One package per service: the same dependency artifacts, only that crate's binary.
+  # A service's source: the workspace manifests, the shared crate and the service's own crate,
+  # so a change to one service rebuilds only that service.
+  serviceSrc =
+    service:
+    lib.fileset.toSource {
+      root = ../.;
+      fileset = lib.fileset.unions (
+        [
+          ../Cargo.toml
+          ../Cargo.lock
+          ../.cargo
+          ../crates/platform
+          (../crates + "/${service.name}")
+        ]
+        ++ map (crate: ../crates + "/${crate}") (service.alongside or [ ])
+      );
+    };
+
+  # One package per service: the same dependency artifacts, only that crate's binary. Not
+  # `--locked`: with other members absent, Cargo prunes their entries from the sandbox's copy of
+  # the lock; every remaining version still comes from Cargo.lock.
   binary =
     service:
     craneLib.buildPackage (
@@ -41,7 +61,8 @@ let
       // {
         inherit cargoArtifacts;
         pname = service.name;
-        cargoExtraArgs = "--locked --package ${service.name}";
+        src = serviceSrc service;
+        cargoExtraArgs = "--package ${service.name}";
         meta.mainProgram = service.name;
       }
     );

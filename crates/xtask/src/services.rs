@@ -4,14 +4,28 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use crate::infra::{Daemon, Postgres};
 
-/// The deployables `up` and `bench` run, with their local ports (ROADMAP.md).
-pub const SERVICES: &[(&str, u16)] = &[("transaction-api", 8080), ("notification-service", 8081)];
+/// The deployables and their local ports, from nix/services.toml (the one list the flake reads too).
+pub static SERVICES: LazyLock<Vec<(&'static str, u16)>> = LazyLock::new(|| {
+    let list: toml::Table =
+        toml::from_str(include_str!("../../../nix/services.toml")).expect("nix/services.toml parses");
+    list["service"]
+        .as_array()
+        .expect("nix/services.toml lists services")
+        .iter()
+        .map(|service| {
+            let name = service["name"].as_str().expect("service name").to_owned().leak();
+            let port = service["port"].as_integer().and_then(|p| u16::try_from(p).ok()).expect("service port");
+            (&*name, port)
+        })
+        .collect()
+});
 
 /// Cargo profile to build with.
 #[derive(Debug, Clone, Copy)]
@@ -24,7 +38,7 @@ pub enum Profile {
 pub fn build(profile: Profile) -> Result<PathBuf> {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
     command.arg("build").current_dir(crate::workspace_root());
-    for (name, _) in SERVICES {
+    for (name, _) in SERVICES.iter() {
         command.args(["-p", name]);
     }
     if matches!(profile, Profile::Release) {
@@ -173,7 +187,7 @@ pub fn random_signing_key() -> String {
 
 /// Makes sure the local ports are free before starting anything.
 pub fn check_ports_free() -> Result<()> {
-    for (name, port) in SERVICES {
+    for (name, port) in SERVICES.iter() {
         if std::net::TcpListener::bind(("127.0.0.1", *port)).is_err() {
             bail!("port {port} (for {name}) is in use; stop whatever listens there first");
         }
@@ -184,4 +198,15 @@ pub fn check_ports_free() -> Result<()> {
 /// Creates the `quilla` database the services share.
 pub fn create_database(postgres: &Postgres) -> Result<()> {
     postgres.create_database("quilla").context("create the quilla database")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SERVICES;
+
+    #[test]
+    fn services_come_from_the_shared_list() {
+        assert!(SERVICES.contains(&("transaction-api", 8080)), "{:?}", *SERVICES);
+        assert!(SERVICES.contains(&("notification-service", 8081)), "{:?}", *SERVICES);
+    }
 }
