@@ -1,24 +1,28 @@
 # Distroless images with dockerTools.streamLayeredImage: the static binary, CA certificates and
-# passwd/group for user 65532 — no shell, no package manager. Same contents as `cargo xtask images`.
+# passwd/group for user 65532 — no shell, no package manager. Same layout, user, entrypoint, env,
+# labels and health check as `cargo xtask images`.
 { pkgs, lib, services, binaries, version, revision }:
 let
-  # /etc/passwd and /etc/group naming the non-root user, as distroless images have.
-  users = pkgs.runCommand "quilla-nonroot-user" { } ''
-    mkdir -p $out/etc
-    printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' > $out/etc/passwd
-    printf 'root:x:0:\nnonroot:x:65532:\n' > $out/etc/group
-  '';
+  # The image's whole filesystem, laid out exactly as `cargo xtask images` lays it out: the binary
+  # in /usr/local/bin, the CA bundle, and passwd/group naming the non-root user 65532.
+  rootfs =
+    service:
+    pkgs.runCommand "quilla-${service.name}-rootfs" { } ''
+      install -Dm755 ${binaries.${service.name}}/bin/${service.name} $out/usr/local/bin/${service.name}
+      install -Dm644 ${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt $out/etc/ssl/certs/ca-certificates.crt
+      printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' > $out/etc/passwd
+      printf 'root:x:0:\nnonroot:x:65532:\n' > $out/etc/group
+    '';
 
   image =
     service:
     let
-      binary = binaries.${service.name};
-      entrypoint = "${binary}/bin/${service.name}";
+      entrypoint = "/usr/local/bin/${service.name}";
     in
     pkgs.dockerTools.streamLayeredImage {
       name = "quilla/${service.name}";
       tag = version;
-      contents = [ binary pkgs.cacert users ];
+      contents = [ (rootfs service) ];
       # Reproducible: no timestamp.
       created = "1970-01-01T00:00:01Z";
       config = {
@@ -26,7 +30,8 @@ let
         Entrypoint = [ entrypoint ];
         Cmd = [ "serve" ];
         Env = [
-          "SSL_CERT_FILE=${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt"
+          "PATH=/usr/local/bin"
+          "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"
           "QUILLA_SERVER__PORT=8080"
         ];
         ExposedPorts."8080/tcp" = { };
