@@ -109,6 +109,12 @@ impl CircuitBreaker {
         }
     }
 
+    /// Whether a call now would be refused without trying (open, and not yet due for a trial).
+    pub fn is_rejecting(&self) -> bool {
+        let inner = self.lock();
+        inner.state == BreakerState::Open && inner.opened_at.is_some_and(|t| t.elapsed() < self.open_for)
+    }
+
     pub fn state(&self) -> BreakerState {
         self.lock().state
     }
@@ -136,6 +142,7 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::Closed);
         breaker.record_failure();
         assert_eq!(breaker.state(), BreakerState::Open);
+        assert!(breaker.is_rejecting());
         assert!(!breaker.allow());
     }
 
@@ -153,6 +160,7 @@ mod tests {
         let breaker = CircuitBreaker::new("test", 1, Duration::ZERO);
         breaker.record_failure();
         assert_eq!(breaker.state(), BreakerState::Open);
+        assert!(!breaker.is_rejecting(), "open_for elapsed: a trial is due");
         assert!(breaker.allow(), "open_for elapsed: one trial");
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
         assert!(!breaker.allow(), "only one trial at a time");

@@ -58,6 +58,11 @@ impl ResilientClient {
         Ok(Self { name, http, config, breaker })
     }
 
+    /// Whether calls are currently refused by the open circuit (callers may skip work).
+    pub fn is_circuit_open(&self) -> bool {
+        self.breaker.is_rejecting()
+    }
+
     /// Sends the request built by `build` (called once per attempt), retrying transport errors,
     /// 429 and 5xx. Only use it for idempotent requests: a retry may repeat a request whose
     /// response was lost. `trace` is the parent context (the current request's when `None`).

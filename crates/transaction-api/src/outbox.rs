@@ -73,7 +73,9 @@ impl Dispatcher {
         tracing::info!(url = %self.url, "outbox dispatcher started");
         let mut last_gauges = Instant::now() - Duration::from_secs(60);
         loop {
-            loop {
+            // Drain what is due, batch by batch, but stop at once on shutdown, and do not walk
+            // the backlog while the circuit refuses every delivery.
+            while !stop.is_cancelled() && !self.client.is_circuit_open() {
                 match self.dispatch_batch().await {
                     Ok(handled) if handled >= self.config.batch_size as usize => continue,
                     Ok(_) => break,
