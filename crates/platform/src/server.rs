@@ -264,6 +264,7 @@ async fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Re
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
+    // axum-server serves both (hyper's auto builder), so both are offered.
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(RustlsConfig::from_config(Arc::new(server)))
 }
