@@ -65,8 +65,8 @@ pub fn run(args: &[String]) -> Result<()> {
         let mut ready_times = Vec::new();
         for service in SERVICES.iter().rev() {
             let mut started =
-                services::start(&bin_dir, *service, &postgres, &redis, &key, Output::Quiet, ("json", "warn"))?;
-            ready_times.push((service.0, services::wait_ready(&http, &mut started, Duration::from_secs(30)).await?));
+                services::start(&bin_dir, service, &postgres, &redis, &key, Output::Quiet, ("json", "warn"))?;
+            ready_times.push((service.name, services::wait_ready(&http, &mut started, Duration::from_secs(30)).await?));
             running.push(started);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

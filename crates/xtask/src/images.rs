@@ -43,7 +43,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let out = images_dir();
     let binaries = build_static_binaries()?;
     let mut built = Vec::new();
-    for (service, _) in SERVICES.iter() {
+    for service in SERVICES.iter().map(|s| s.name) {
         let binary = binaries.join(service);
         built.push(write_layout(service, &binary, &out.join(service))?);
     }
@@ -68,7 +68,7 @@ fn images_dir() -> PathBuf {
 fn build_static_binaries() -> Result<PathBuf> {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
     command.args(["build", "--release", "--locked", "--target", TARGET]).current_dir(crate::workspace_root());
-    for (service, _) in SERVICES.iter() {
+    for service in SERVICES.iter().map(|s| s.name) {
         command.args(["-p", service]);
     }
     // With --target, RUSTFLAGS reach only the target artifacts, not build scripts.

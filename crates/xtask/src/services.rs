@@ -11,18 +11,31 @@ use anyhow::{Context, Result, bail};
 
 use crate::infra::{Daemon, Postgres};
 
-/// The deployables and their local ports, from nix/services.toml (the one list the flake reads too).
-pub static SERVICES: LazyLock<Vec<(&'static str, u16)>> = LazyLock::new(|| {
+/// One deployable as `cargo xtask up|bench|images` run it.
+#[derive(Debug)]
+pub struct ServiceSpec {
+    pub name: &'static str,
+    pub port: u16,
+    /// Extra environment for local runs; `{redis_port}` is replaced by the throwaway Redis port.
+    pub local_env: Vec<(String, String)>,
+}
+
+/// The deployables, from nix/services.toml (the one list the flake reads too).
+pub static SERVICES: LazyLock<Vec<ServiceSpec>> = LazyLock::new(|| {
     let list: toml::Table =
         toml::from_str(include_str!("../../../nix/services.toml")).expect("nix/services.toml parses");
     list["service"]
         .as_array()
         .expect("nix/services.toml lists services")
         .iter()
-        .map(|service| {
-            let name = service["name"].as_str().expect("service name").to_owned().leak();
-            let port = service["port"].as_integer().and_then(|p| u16::try_from(p).ok()).expect("service port");
-            (&*name, port)
+        .map(|service| ServiceSpec {
+            name: service["name"].as_str().expect("service name").to_owned().leak(),
+            port: service["port"].as_integer().and_then(|p| u16::try_from(p).ok()).expect("service port"),
+            local_env: service
+                .get("local_env")
+                .and_then(toml::Value::as_table)
+                .map(|env| env.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+                .unwrap_or_default(),
         })
         .collect()
 });
@@ -38,7 +51,7 @@ pub enum Profile {
 pub fn build(profile: Profile) -> Result<PathBuf> {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
     command.arg("build").current_dir(crate::workspace_root());
-    for (name, _) in SERVICES.iter() {
+    for ServiceSpec { name, .. } in SERVICES.iter() {
         command.args(["-p", name]);
     }
     if matches!(profile, Profile::Release) {
@@ -110,13 +123,14 @@ pub enum Output {
 /// Starts one service against the throwaway infrastructure.
 pub fn start(
     bin_dir: &std::path::Path,
-    (name, port): (&'static str, u16),
+    spec: &ServiceSpec,
     postgres: &Postgres,
     redis: &Daemon,
     signing_key: &str,
     output: Output,
     log: (&str, &str),
 ) -> Result<RunningService> {
+    let (name, port) = (spec.name, spec.port);
     let mut command = Command::new(bin_dir.join(name));
     command
         .env("QUILLA_SERVER__HOST", "127.0.0.1")
@@ -130,10 +144,8 @@ pub fn start(
         .stdin(Stdio::null())
         // Own process group: Ctrl-C reaches xtask only, which then stops children in order.
         .process_group(0);
-    if name == "transaction-api" {
-        command
-            .env("QUILLA_REDIS__URL", format!("redis://127.0.0.1:{}", redis.port))
-            .env("QUILLA_WEBHOOK__URL", "http://127.0.0.1:8081/webhooks/transactions");
+    for (key, value) in &spec.local_env {
+        command.env(key, value.replace("{redis_port}", &redis.port.to_string()));
     }
     match output {
         Output::Prefixed => command.stdout(Stdio::piped()).stderr(Stdio::piped()),
@@ -142,7 +154,7 @@ pub fn start(
     let started = Instant::now();
     let mut child = command.spawn().with_context(|| format!("start {name}"))?;
     if let Output::Prefixed = output {
-        let colour = if name == "transaction-api" { 36 } else { 35 };
+        let colour = 31 + SERVICES.iter().position(|s| s.name == name).unwrap_or(0) % 6;
         let prefix = format!("\x1b[{colour}m[{name}]\x1b[0m");
         if let Some(stdout) = child.stdout.take() {
             forward(stdout, prefix.clone());
@@ -187,7 +199,7 @@ pub fn random_signing_key() -> String {
 
 /// Makes sure the local ports are free before starting anything.
 pub fn check_ports_free() -> Result<()> {
-    for (name, port) in SERVICES.iter() {
+    for ServiceSpec { name, port, .. } in SERVICES.iter() {
         if std::net::TcpListener::bind(("127.0.0.1", *port)).is_err() {
             bail!("port {port} (for {name}) is in use; stop whatever listens there first");
         }
@@ -206,7 +218,9 @@ mod tests {
 
     #[test]
     fn services_come_from_the_shared_list() {
-        assert!(SERVICES.contains(&("transaction-api", 8080)), "{:?}", *SERVICES);
-        assert!(SERVICES.contains(&("notification-service", 8081)), "{:?}", *SERVICES);
+        let ports: Vec<(&str, u16)> = SERVICES.iter().map(|s| (s.name, s.port)).collect();
+        assert_eq!(ports, [("transaction-api", 8080), ("notification-service", 8081)]);
+        let transaction_api = &SERVICES[0];
+        assert!(transaction_api.local_env.iter().any(|(k, v)| k == "QUILLA_REDIS__URL" && v.contains("{redis_port}")));
     }
 }

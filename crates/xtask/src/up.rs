@@ -26,7 +26,7 @@ pub fn run() -> Result<()> {
         for service in SERVICES.iter().rev() {
             let mut started = services::start(
                 &bin_dir,
-                *service,
+                service,
                 &postgres,
                 &redis,
                 &signing_key,
