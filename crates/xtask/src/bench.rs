@@ -51,7 +51,7 @@ pub fn run(args: &[String]) -> Result<()> {
         None if quick => Duration::from_secs(2),
         None => Duration::from_secs(5),
     };
-    prereqs::ensure(Needs { python_tools: false, wrk: true, nix: false })?;
+    prereqs::ensure(Needs { python_tools: false, wrk: true, nix: false, gitops: false })?;
     services::check_ports_free()?;
     let bin_dir = services::build(Profile::Release)?;
     let runtime = tokio::runtime::Runtime::new()?;

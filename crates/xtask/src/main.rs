@@ -8,6 +8,7 @@ mod prereqs;
 mod services;
 mod test;
 mod up;
+mod validate;
 
 use std::process::ExitCode;
 
@@ -22,7 +23,10 @@ commands:
                      load benchmark on loopback; prints a markdown table
   images [--check]   build every service's OCI image layout (static binary, CA certificates,
                      user 65532) without a daemon; --check verifies size, user, no shell, and
-                     that the binary runs in an empty root";
+                     that the binary runs in an empty root
+  validate           render every environment and Argo CD path; check them against the upstream
+                     schemas (strict), the policy (security, isolation, residency), the Prometheus
+                     rules (promtool) and a security scan (checkov)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,6 +35,7 @@ fn main() -> ExitCode {
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("images") => images::run(&args[1..]),
+        Some("validate") => validate::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

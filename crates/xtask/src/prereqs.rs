@@ -15,6 +15,8 @@ pub struct Needs {
     pub wrk: bool,
     /// `nix-instantiate`, to parse the flake where nixpkgs cannot be fetched.
     pub nix: bool,
+    /// What `validate` needs: promtool (Debian's prometheus) and Node.js for the CRD schemas.
+    pub gitops: bool,
 }
 
 /// Makes sure PostgreSQL and Redis (and moto when asked) are present. As root on a machine with
@@ -33,7 +35,14 @@ pub fn ensure(needs: Needs) -> Result<()> {
     if needs.nix && which("nix-instantiate").is_none() {
         missing_apt.push("nix-bin");
     }
-    let missing_moto = needs.python_tools && (which("moto_server").is_none() || which("yamllint").is_none());
+    if needs.gitops && which("promtool").is_none() {
+        missing_apt.push("prometheus");
+    }
+    if needs.gitops && which("node").is_none() {
+        missing_apt.push("nodejs");
+    }
+    let missing_moto = needs.python_tools
+        && ["moto_server", "yamllint", "kubectl", "kubernetes-validate"].iter().any(|tool| which(tool).is_none());
     if missing_apt.is_empty() && !missing_moto {
         return Ok(());
     }

@@ -43,12 +43,21 @@ pub fn run(args: &[String]) -> Result<()> {
     for step in steps {
         run_step(step)?;
     }
-    prereqs::ensure(Needs { python_tools: true, wrk: false, nix: true })?;
+    prereqs::ensure(Needs { python_tools: true, wrk: false, nix: true, gitops: true })?;
     let mut yamllint = Command::new("yamllint");
     yamllint
-        .args(["--strict", "-c", ".yamllint.yaml", ".github", ".pre-commit-config.yaml", ".yamllint.yaml"])
+        .args([
+            "--strict",
+            "-c",
+            ".yamllint.yaml",
+            ".github",
+            ".pre-commit-config.yaml",
+            ".yamllint.yaml",
+            ".checkov.yaml",
+        ])
+        .args(["gitops", "environments"])
         .current_dir(crate::workspace_root());
-    run_step(Step { name: "yamllint (workflows)", command: yamllint })?;
+    run_step(Step { name: "yamllint (workflows, GitOps tree)", command: yamllint })?;
     run_step(Step { name: "secret scan", command: secret_scan()? })?;
     let nix_started = Instant::now();
     println!("xtask: run nix checks");
@@ -58,6 +67,11 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("xtask: run images --check");
     crate::images::run(&["--check".to_owned()]).context("image checks")?;
     println!("xtask: ok  images --check ({:.1?})", images_started.elapsed());
+
+    let validate_started = Instant::now();
+    println!("xtask: run validate");
+    crate::validate::run(&[]).context("GitOps validation")?;
+    println!("xtask: ok  validate ({:.1?})", validate_started.elapsed());
 
     let infra_started = Instant::now();
     let postgres = Postgres::start(Durability::Disposable)?;

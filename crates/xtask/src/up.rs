@@ -10,7 +10,7 @@ use crate::prereqs::{self, Needs};
 use crate::services::{self, Output, Profile, SERVICES};
 
 pub fn run() -> Result<()> {
-    prereqs::ensure(Needs { python_tools: false, wrk: false, nix: false })?;
+    prereqs::ensure(Needs { python_tools: false, wrk: false, nix: false, gitops: false })?;
     services::check_ports_free()?;
     let bin_dir = services::build(Profile::Debug)?;
     let runtime = tokio::runtime::Runtime::new()?;

@@ -1,0 +1,485 @@
+//! Policy rules over one environment's rendered objects: pod security, probes, resources, images,
+//! network isolation, no Secrets, prod availability and data residency.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::Rendered;
+
+/// Which workload may call which (caller, callee) by `app.kubernetes.io/name`. Anything else
+/// between pods of the namespace is refused.
+const ALLOWED_CALLS: &[(&str, &str)] = &[("transaction-api", "notification-service")];
+
+/// Namespaces whose pods may reach every service's port (Prometheus scrapes `/metrics`).
+const SCRAPER_NAMESPACES: &[&str] = &["monitoring"];
+
+/// An environment's `region.yaml`: the facts its overlay must use, and no other region's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegionFile {
+    pub region: String,
+    pub stage: String,
+    pub aws_region: String,
+    pub vpc_cidr: String,
+    pub host: String,
+    pub secrets_prefix: String,
+    pub ecr_registry: String,
+}
+
+impl RegionFile {
+    /// Strings that identify this region; none may appear in another region's objects.
+    fn identifiers(&self) -> [&str; 4] {
+        [&self.aws_region, &self.host, &self.secrets_prefix, &self.ecr_registry]
+    }
+}
+
+/// Every rule broken by `objects` (rendered from the overlay described by `region`), given the
+/// region files of every environment (`all`). Empty when the environment is compliant.
+pub fn check(region: &RegionFile, objects: &[Rendered], all: &[RegionFile]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for rendered in objects {
+        let mut fail = |message: String| errors.push(format!("{}: {message}", rendered.describe()));
+        let object = &rendered.object;
+        match object["kind"].as_str().unwrap_or_default() {
+            "Secret" => fail("a Secret in git: credentials must come from an ExternalSecret".into()),
+            "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => {
+                check_pod(&object["spec"]["template"]["spec"], region, &mut fail);
+            }
+            "Namespace" => check_namespace(object, objects, &mut fail),
+            "NetworkPolicy" => {
+                check_network_policy(object, &mut fail);
+                for cidr in ip_blocks(object) {
+                    if cidr != region.vpc_cidr {
+                        fail(format!("ipBlock {cidr} is not the region's VPC CIDR {}", region.vpc_cidr));
+                    }
+                }
+            }
+            "HorizontalPodAutoscaler"
+                if region.stage == "prod" && object["spec"]["minReplicas"].as_u64().unwrap_or(1) < 2 =>
+            {
+                fail("prod HorizontalPodAutoscaler minReplicas must be at least 2".into());
+            }
+            "ClusterSecretStore" | "SecretStore" => {
+                let store_region = object["spec"]["provider"]["aws"]["region"].as_str().unwrap_or_default();
+                if store_region != region.aws_region {
+                    fail(format!("store region `{store_region}`, expected `{}`", region.aws_region));
+                }
+            }
+            "ConfigMap" => check_service_config(object, region, &mut fail),
+            _ => {}
+        }
+        if region.stage == "prod" && object["kind"] == "Deployment" && !has_disruption_budget(object, objects) {
+            fail("prod Deployment without a PodDisruptionBudget selecting its pods".into());
+        }
+        let text = object.to_string();
+        for other in all.iter().filter(|other| other.region != region.region) {
+            for identifier in other.identifiers() {
+                if text.contains(identifier) {
+                    fail(format!("references `{identifier}` of region {} (data residency)", other.region));
+                }
+            }
+        }
+    }
+    errors
+}
+
+fn check_pod(pod: &Value, region: &RegionFile, fail: &mut impl FnMut(String)) {
+    if pod["automountServiceAccountToken"] != Value::Bool(false) {
+        fail("automountServiceAccountToken must be false".into());
+    }
+    if pod["hostNetwork"] == true || pod["hostPID"] == true || pod["hostIPC"] == true {
+        fail("host namespaces are forbidden".into());
+    }
+    let pod_security = &pod["securityContext"];
+    let containers = pod["initContainers"].as_array().into_iter().chain(pod["containers"].as_array()).flatten();
+    for container in containers {
+        let name = container["name"].as_str().unwrap_or("<unnamed>");
+        let mut fail = |message: &str| fail(format!("container {name}: {message}"));
+        let security = &container["securityContext"];
+        let effective = |key: &str| {
+            if security[key].is_null() { pod_security[key].clone() } else { security[key].clone() }
+        };
+        if effective("runAsNonRoot") != true {
+            fail("runAsNonRoot must be true");
+        }
+        if effective("runAsUser") != 65532 {
+            fail("runAsUser must be 65532 (the image's non-root user)");
+        }
+        if effective("seccompProfile")["type"] != "RuntimeDefault" {
+            fail("seccompProfile must be RuntimeDefault");
+        }
+        if security["allowPrivilegeEscalation"] != false {
+            fail("allowPrivilegeEscalation must be false");
+        }
+        if security["privileged"] == true {
+            fail("privileged is forbidden");
+        }
+        if security["readOnlyRootFilesystem"] != true {
+            fail("readOnlyRootFilesystem must be true");
+        }
+        let drops = security["capabilities"]["drop"].as_array().cloned().unwrap_or_default();
+        if !drops.iter().any(|capability| capability == "ALL") {
+            fail("capabilities must drop ALL");
+        }
+        if security["capabilities"]["add"].as_array().is_some_and(|added| !added.is_empty()) {
+            fail("no capability may be added");
+        }
+        for kind in ["requests", "limits"] {
+            for resource in ["cpu", "memory"] {
+                if container["resources"][kind][resource].is_null() {
+                    fail(&format!("resources.{kind}.{resource} is missing"));
+                }
+            }
+        }
+        for probe in ["readinessProbe", "livenessProbe"] {
+            if container[probe].is_null() {
+                fail(&format!("{probe} is missing"));
+            }
+        }
+        let image = container["image"].as_str().unwrap_or_default();
+        if let Some(problem) = image_problem(image, region.stage == "prod") {
+            fail(&format!("image `{image}`: {problem}"));
+        }
+    }
+}
+
+/// Why an image reference is not acceptable, if it is not.
+fn image_problem(image: &str, require_digest: bool) -> Option<&'static str> {
+    let (name, digest) = match image.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (image, None),
+    };
+    if let Some(digest) = digest {
+        let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            return Some("malformed digest");
+        }
+    }
+    let last_segment = name.rsplit('/').next().unwrap_or(name);
+    let tag = last_segment.split_once(':').map(|(_, tag)| tag);
+    if tag == Some("latest") {
+        return Some("the `latest` tag is forbidden");
+    }
+    if require_digest && digest.is_none() {
+        return Some("prod images must be pinned by digest");
+    }
+    if digest.is_none() && tag.is_none() {
+        return Some("no tag or digest (that means `latest`)");
+    }
+    None
+}
+
+fn check_namespace(namespace: &Value, objects: &[Rendered], fail: &mut impl FnMut(String)) {
+    let name = namespace["metadata"]["name"].as_str().unwrap_or_default();
+    if namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] != "restricted" {
+        fail("namespace must enforce the restricted Pod Security Standard".into());
+    }
+    let default_deny = objects.iter().any(|rendered| {
+        let policy = &rendered.object;
+        let types = policy["spec"]["policyTypes"].as_array().cloned().unwrap_or_default();
+        policy["kind"] == "NetworkPolicy"
+            && policy["metadata"]["namespace"] == name
+            && policy["spec"]["podSelector"].as_object().is_some_and(|selector| selector.values().all(is_empty))
+            && types.contains(&"Ingress".into())
+            && types.contains(&"Egress".into())
+            && is_empty(&policy["spec"]["ingress"])
+            && is_empty(&policy["spec"]["egress"])
+    });
+    if !default_deny {
+        fail("no default-deny NetworkPolicy (all pods, Ingress and Egress, no rules)".into());
+    }
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Array(items) => items.is_empty(),
+        Value::Object(map) => map.is_empty(),
+        _ => false,
+    }
+}
+
+/// Ingress rules may admit only known callers: the allowed workload pairs, the scrapers, and
+/// address blocks narrower than the internet.
+fn check_network_policy(policy: &Value, fail: &mut impl FnMut(String)) {
+    let callee = policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str();
+    for rule in policy["spec"]["ingress"].as_array().into_iter().flatten() {
+        let peers = rule["from"].as_array().cloned().unwrap_or_default();
+        if peers.is_empty() {
+            fail("an ingress rule without `from` admits every caller".into());
+        }
+        for peer in peers {
+            let namespace = &peer["namespaceSelector"];
+            let pods = &peer["podSelector"];
+            if let Some(cidr) = peer["ipBlock"]["cidr"].as_str() {
+                if cidr.ends_with("/0") {
+                    fail(format!("ingress from {cidr} admits the internet"));
+                }
+                continue;
+            }
+            if !namespace.is_null() {
+                let scraper = namespace["matchLabels"]["kubernetes.io/metadata.name"].as_str();
+                if !scraper.is_some_and(|name| SCRAPER_NAMESPACES.contains(&name)) || is_empty(pods) {
+                    fail(format!("ingress from namespaces {namespace} is not an allowed caller"));
+                }
+                continue;
+            }
+            let caller = pods["matchLabels"]["app.kubernetes.io/name"].as_str();
+            let allowed = match (caller, callee) {
+                (Some(caller), Some(callee)) => ALLOWED_CALLS.contains(&(caller, callee)),
+                _ => false,
+            };
+            if !allowed {
+                fail(format!("ingress from pods {pods} to {} is not an allowed call", callee.unwrap_or("every pod")));
+            }
+        }
+    }
+}
+
+/// Every `ipBlock.cidr` a NetworkPolicy admits or reaches.
+fn ip_blocks(policy: &Value) -> Vec<String> {
+    let ingress = policy["spec"]["ingress"].as_array().into_iter().flatten().map(|rule| &rule["from"]);
+    let egress = policy["spec"]["egress"].as_array().into_iter().flatten().map(|rule| &rule["to"]);
+    ingress
+        .chain(egress)
+        .flat_map(|peers| peers.as_array().into_iter().flatten())
+        .filter_map(|peer| peer["ipBlock"]["cidr"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A service's config file (key `config.toml`) must name the environment's AWS region.
+fn check_service_config(config_map: &Value, region: &RegionFile, fail: &mut impl FnMut(String)) {
+    let Some(text) = config_map["data"]["config.toml"].as_str() else { return };
+    match text.parse::<toml::Table>() {
+        Ok(table) => {
+            let configured = table.get("aws").and_then(|aws| aws.get("region")).and_then(toml::Value::as_str);
+            if configured != Some(region.aws_region.as_str()) {
+                fail(format!("config.toml: aws.region is {configured:?}, expected `{}`", region.aws_region));
+            }
+        }
+        Err(error) => fail(format!("config.toml is not TOML: {error}")),
+    }
+}
+
+fn has_disruption_budget(deployment: &Value, objects: &[Rendered]) -> bool {
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let namespace = &deployment["metadata"]["namespace"];
+    objects.iter().any(|rendered| {
+        let budget = &rendered.object;
+        budget["kind"] == "PodDisruptionBudget"
+            && &budget["metadata"]["namespace"] == namespace
+            && budget["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .is_some_and(|labels| !labels.is_empty() && labels.iter().all(|(key, value)| &pod_labels[key] == value))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn region(name: &str, stage: &str, aws_region: &str) -> RegionFile {
+        RegionFile {
+            region: name.into(),
+            stage: stage.into(),
+            aws_region: aws_region.into(),
+            vpc_cidr: "10.0.0.0/16".into(),
+            host: format!("api.{name}.example"),
+            secrets_prefix: format!("quilla/{name}/{stage}"),
+            ecr_registry: format!("1.dkr.ecr.{aws_region}.amazonaws.com"),
+        }
+    }
+
+    fn spain() -> RegionFile {
+        region("spain", "prod", "eu-south-2")
+    }
+
+    fn all() -> Vec<RegionFile> {
+        vec![spain(), region("mexico", "prod", "mx-central-1")]
+    }
+
+    fn rendered(object: Value) -> Rendered {
+        Rendered { source: "fixture".into(), object }
+    }
+
+    const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    /// A compliant prod environment: namespace, default deny, a Deployment with its PDB and HPA,
+    /// the allowed call, the store and the service config.
+    fn good() -> Vec<Value> {
+        vec![
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "quilla",
+                "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}),
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "default-deny", "namespace": "quilla"},
+                "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}}),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "notification-service", "namespace": "quilla"},
+                "spec": {"template": {"metadata": {"labels": {"app.kubernetes.io/name": "notification-service"}},
+                    "spec": {"automountServiceAccountToken": false,
+                        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+                        "containers": [{"name": "app", "image": format!("registry/quilla/app@{DIGEST}"),
+                            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                "capabilities": {"drop": ["ALL"]}},
+                            "resources": {"requests": {"cpu": "1", "memory": "1Mi"},
+                                "limits": {"cpu": "1", "memory": "1Mi"}},
+                            "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}},
+                            "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}}}]}}}}),
+            json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": {"name": "notification-service", "namespace": "quilla"},
+                "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "notification-service"}}}}),
+            json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": "notification-service", "namespace": "quilla"},
+                "spec": {"minReplicas": 2, "maxReplicas": 4}}),
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "notification-service", "namespace": "quilla"},
+                "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "notification-service"}},
+                    "ingress": [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "transaction-api"}}},
+                        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]}]}}),
+            json!({"apiVersion": "external-secrets.io/v1", "kind": "ClusterSecretStore",
+                "metadata": {"name": "aws"}, "spec": {"provider": {"aws": {"region": "eu-south-2"}}}}),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "quilla"},
+                "data": {"config.toml": "[aws]\nregion = \"eu-south-2\"\n"}}),
+        ]
+    }
+
+    fn errors_after(change: impl FnOnce(&mut Vec<Value>)) -> Vec<String> {
+        let mut objects = good();
+        change(&mut objects);
+        let objects: Vec<Rendered> = objects.into_iter().map(rendered).collect();
+        check(&spain(), &objects, &all())
+    }
+
+    /// Asserts the change is refused with a message containing `expected`.
+    fn refused(expected: &str, change: impl FnOnce(&mut Vec<Value>)) {
+        let errors = errors_after(change);
+        assert!(errors.iter().any(|e| e.contains(expected)), "expected `{expected}` among {errors:#?}");
+    }
+
+    fn container(objects: &mut [Value]) -> &mut Value {
+        &mut objects[2]["spec"]["template"]["spec"]["containers"][0]
+    }
+
+    #[test]
+    fn the_compliant_environment_passes() {
+        assert_eq!(errors_after(|_| {}), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_secret_manifest_is_refused() {
+        refused("a Secret in git", |o| {
+            o.push(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}))
+        });
+    }
+
+    #[test]
+    fn pod_security_rules_are_enforced() {
+        refused("runAsNonRoot", |o| o[2]["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] = json!(false));
+        refused("runAsUser", |o| container(o)["securityContext"]["runAsUser"] = json!(0));
+        refused("readOnlyRootFilesystem", |o| container(o)["securityContext"]["readOnlyRootFilesystem"] = json!(false));
+        refused("allowPrivilegeEscalation", |o| {
+            container(o)["securityContext"].as_object_mut().map(|s| s.remove("allowPrivilegeEscalation"));
+        });
+        refused("drop ALL", |o| container(o)["securityContext"]["capabilities"]["drop"] = json!(["NET_RAW"]));
+        refused("no capability may be added", |o| {
+            container(o)["securityContext"]["capabilities"]["add"] = json!(["NET_ADMIN"]);
+        });
+        refused("seccompProfile", |o| {
+            o[2]["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]["type"] = json!("Unconfined");
+        });
+        refused("automountServiceAccountToken", |o| {
+            o[2]["spec"]["template"]["spec"]["automountServiceAccountToken"] = json!(true);
+        });
+        refused("privileged", |o| container(o)["securityContext"]["privileged"] = json!(true));
+    }
+
+    #[test]
+    fn resources_and_probes_are_required() {
+        refused("resources.limits.memory", |o| {
+            container(o)["resources"]["limits"].as_object_mut().map(|l| l.remove("memory"));
+        });
+        refused("resources.requests.cpu", |o| {
+            container(o)["resources"]["requests"].as_object_mut().map(|r| r.remove("cpu"));
+        });
+        refused("readinessProbe", |o| {
+            container(o).as_object_mut().map(|c| c.remove("readinessProbe"));
+        });
+        refused("livenessProbe", |o| {
+            container(o).as_object_mut().map(|c| c.remove("livenessProbe"));
+        });
+    }
+
+    #[test]
+    fn images_are_pinned() {
+        refused("pinned by digest", |o| container(o)["image"] = json!("registry/quilla/app:1.2.3"));
+        refused("latest", |o| container(o)["image"] = json!("registry/quilla/app:latest"));
+        refused("malformed digest", |o| container(o)["image"] = json!("registry/quilla/app@sha256:abc"));
+        assert_eq!(image_problem("registry:5000/quilla/app:1.2.3", false), None);
+        assert_eq!(image_problem("registry:5000/quilla/app", false), Some("no tag or digest (that means `latest`)"));
+    }
+
+    #[test]
+    fn every_namespace_needs_restricted_security_and_default_deny() {
+        refused("restricted Pod Security", |o| o[0]["metadata"]["labels"] = json!({}));
+        refused("default-deny", |o| {
+            o.remove(1);
+        });
+        refused("default-deny", |o| o[1]["spec"]["ingress"] = json!([{}]));
+        refused("default-deny", |o| o[1]["spec"]["policyTypes"] = json!(["Ingress"]));
+    }
+
+    #[test]
+    fn services_are_reachable_only_by_their_callers() {
+        refused("admits every caller", |o| o[5]["spec"]["ingress"] = json!([{}]));
+        refused("not an allowed call", |o| {
+            o[5]["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] =
+                json!("someone-else");
+        });
+        refused("not an allowed call", |o| o[5]["spec"]["ingress"][0]["from"] = json!([{"podSelector": {}}]));
+        refused("not an allowed caller", |o| {
+            o[5]["spec"]["ingress"][0]["from"] = json!([{"namespaceSelector": {}}]);
+        });
+        refused("admits the internet", |o| {
+            o[5]["spec"]["ingress"][0]["from"] = json!([{"ipBlock": {"cidr": "0.0.0.0/0"}}]);
+        });
+        // The reverse call is not allowed either.
+        refused("not an allowed call", |o| {
+            o[5]["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] = json!("transaction-api");
+        });
+    }
+
+    #[test]
+    fn prod_needs_two_replicas_and_a_disruption_budget() {
+        refused("minReplicas must be at least 2", |o| o[4]["spec"]["minReplicas"] = json!(1));
+        refused("without a PodDisruptionBudget", |o| {
+            o.remove(3);
+        });
+        refused("without a PodDisruptionBudget", |o| {
+            o[3]["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] = json!("other");
+        });
+    }
+
+    #[test]
+    fn data_stays_in_its_region() {
+        refused("mx-central-1` of region mexico", |o| {
+            o[6]["spec"]["provider"]["aws"]["region"] = json!("mx-central-1");
+        });
+        refused("store region", |o| o[6]["spec"]["provider"]["aws"]["region"] = json!("eu-west-1"));
+        refused("of region mexico", |o| {
+            container(o)["image"] = json!(format!("1.dkr.ecr.mx-central-1.amazonaws.com/app@{DIGEST}"))
+        });
+        refused("quilla/mexico/prod` of region mexico", |o| {
+            o.push(json!({"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret", "metadata": {"name": "e"},
+                "spec": {"dataFrom": [{"extract": {"key": "quilla/mexico/prod/rds-master-user"}}]}}));
+        });
+        refused("aws.region", |o| o[7]["data"]["config.toml"] = json!("[aws]\nregion = \"eu-west-1\"\n"));
+        refused("not the region's VPC CIDR", |o| {
+            o[5]["spec"]["egress"] = json!([{"to": [{"ipBlock": {"cidr": "10.99.0.0/16"}}]}]);
+        });
+        refused("aws.region", |o| o[7]["data"]["config.toml"] = json!("[telemetry]\nlog_level = \"info\"\n"));
+    }
+}
