@@ -11,11 +11,10 @@ mod helpers;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use platform::config::{Sources, load};
 use platform::testkit::TestServer;
 use serde_json::Value;
 
-use helpers::{Options, SIGNING_KEY, TestApp, brl, spawn_app_with};
+use helpers::{Options, SIGNING_KEY, TestApp, brl, spawn_app_with, start_notification_service};
 
 const QUERIED: &str = include_str!("../../../gitops/platform/monitoring/queried-metrics.txt");
 
@@ -34,18 +33,6 @@ fn exported(exposition: &str) -> BTreeSet<String> {
         .collect()
 }
 
-async fn start_notification_service(database_url: &str) -> TestServer {
-    let overrides = format!(
-        "[server]\nhost = \"127.0.0.1\"\ndrain_delay = \"0s\"\n[telemetry]\nlog_level = \"warn\"\n\
-         [database]\nurl = \"{database_url}\"\nssl_mode = \"disable\"\n[webhook]\nsigning_key = \"{SIGNING_KEY}\"\n"
-    );
-    let config: notification_service::Config =
-        load(&Sources::overridden(notification_service::DEFAULTS, overrides)).expect("notification-service config");
-    let lifecycle = platform::server::Lifecycle::new();
-    let service = notification_service::build(&config, &lifecycle).await.expect("notification-service builds");
-    TestServer::start(service, &config.server, lifecycle).await
-}
-
 /// Both services' `/metrics` (in one process they share a recorder, but scraping both keeps the test honest
 /// if that ever changes).
 async fn scrape(app: &TestApp, notifier: &TestServer) -> BTreeSet<String> {
@@ -61,7 +48,7 @@ async fn every_queried_metric_is_exported() {
     assert!(queried.contains("http_requests_total"), "queried-metrics.txt looks empty: {queried:?}");
 
     let database_url = platform::testkit::fresh_database().await;
-    let notifier = start_notification_service(&database_url).await;
+    let notifier = start_notification_service(&database_url, 0, SIGNING_KEY).await;
     let app = spawn_app_with(Options {
         database_url: Some(database_url),
         webhook_url: notifier.url("/webhooks/transactions"),

@@ -5,13 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use platform::config::{Sources, load};
 use platform::testkit::{TestServer, free_port};
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::{Options, SIGNING_KEY, TestApp, brl, spawn_app_with};
+use crate::helpers::{Options, SIGNING_KEY, TestApp, brl, spawn_app_with, start_notification_service};
 
 /// Fast retries so the tests finish quickly.
 const FAST_RETRIES: &str = r#"
@@ -20,18 +19,6 @@ breaker_open_for = "200ms"
 [outbox]
 max_attempts = 200
 "#;
-
-async fn start_notification_service(database_url: &str, port: u16, signing_key: &str) -> TestServer {
-    let overrides = format!(
-        "[server]\nhost = \"127.0.0.1\"\ndrain_delay = \"0s\"\n[telemetry]\nlog_level = \"warn\"\n\
-         [database]\nurl = \"{database_url}\"\nssl_mode = \"disable\"\n[webhook]\nsigning_key = \"{signing_key}\"\n"
-    );
-    let config: notification_service::Config =
-        load(&Sources::overridden(notification_service::DEFAULTS, overrides)).expect("notification-service config");
-    let lifecycle = platform::server::Lifecycle::new();
-    let service = notification_service::build(&config, &lifecycle).await.expect("notification-service builds");
-    TestServer::start_on(service, &config.server, lifecycle, port).await
-}
 
 /// Creates `count` transactions for `user` and returns their ids.
 async fn create_transactions(app: &TestApp, user: &str, count: usize) -> Vec<String> {

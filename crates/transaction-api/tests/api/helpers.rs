@@ -143,3 +143,16 @@ pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
     assert!(body["type"].as_str().is_some_and(|t| !t.is_empty()) && body["title"].is_string(), "{body}");
     body
 }
+
+/// Starts notification-service (the webhook receiver) on a loopback port (0: any free one).
+pub async fn start_notification_service(database_url: &str, port: u16, signing_key: &str) -> TestServer {
+    let overrides = format!(
+        "[server]\nhost = \"127.0.0.1\"\ndrain_delay = \"0s\"\n[telemetry]\nlog_level = \"warn\"\n\
+         [database]\nurl = \"{database_url}\"\nssl_mode = \"disable\"\n[webhook]\nsigning_key = \"{signing_key}\"\n"
+    );
+    let config: notification_service::Config =
+        load(&Sources::overridden(notification_service::DEFAULTS, overrides)).expect("notification-service config");
+    let lifecycle = platform::server::Lifecycle::new();
+    let service = notification_service::build(&config, &lifecycle).await.expect("notification-service builds");
+    TestServer::start_on(service, &config.server, lifecycle, port).await
+}
