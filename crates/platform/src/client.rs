@@ -96,6 +96,9 @@ impl ResilientClient {
                 }
                 Err(error) => Err(ClientError::Transport(crate::error_chain(&error))),
             };
+            // Every attempt counts, whether it succeeded or not.
+            metrics::histogram!("http_client_request_duration_seconds", "client" => self.name)
+                .record(started.elapsed().as_secs_f64());
             let retryable = match &result {
                 Ok(_) => {
                     self.breaker.record_success();
@@ -111,8 +114,6 @@ impl ResilientClient {
                     true
                 }
             };
-            metrics::histogram!("http_client_request_duration_seconds", "client" => self.name)
-                .record(started.elapsed().as_secs_f64());
             if !retryable || attempt >= self.config.max_attempts {
                 return result;
             }
