@@ -155,7 +155,7 @@ pub async fn receive_transaction_event(
         now,
         tolerance,
     ) {
-        metrics::counter!("webhook_events_total", "outcome" => "rejected").increment(1);
+        count_webhook("unauthenticated");
         tracing::warn!(event_id, %error, "webhook rejected");
         return Err(Problem::unauthorized(match error {
             SignatureError::MalformedHeader(name) => format!("the {name} header is missing or malformed"),
@@ -163,7 +163,7 @@ pub async fn receive_transaction_event(
             SignatureError::Mismatch => "the signature does not match".to_owned(),
         }));
     }
-    let event: TransactionEvent = parse_json(&body)?;
+    let event: TransactionEvent = parse_json(&body).inspect_err(|_| count_webhook("invalid"))?;
     let mut errors = Vec::new();
     if event.id != event_id {
         errors.push(FieldError::new("id", "must equal the webhook-id header"));
@@ -173,7 +173,7 @@ pub async fn receive_transaction_event(
     }
     check_user_id(&event.data.user_id, &mut errors, "data.user_id");
     if !errors.is_empty() {
-        metrics::counter!("webhook_events_total", "outcome" => "rejected").increment(1);
+        count_webhook("invalid");
         return Err(Problem::validation(errors));
     }
     let data = &event.data;
@@ -183,17 +183,23 @@ pub async fn receive_transaction_event(
         .map_err(|e| platform::db::error_problem(&e))?;
     Ok(match recorded {
         Recorded::New(notification) => {
-            metrics::counter!("webhook_events_total", "outcome" => "created").increment(1);
+            count_webhook("created");
             metrics::counter!("notifications_created_total", "source" => "webhook").increment(1);
             let lag = (Utc::now() - data.created_at).to_std().unwrap_or_default();
             metrics::histogram!("notification_delivery_lag_seconds").record(lag.as_secs_f64());
             created(&notification, StatusCode::CREATED)
         }
         Recorded::Duplicate(notification) => {
-            metrics::counter!("webhook_events_total", "outcome" => "duplicate").increment(1);
+            count_webhook("duplicate");
             created(&notification, StatusCode::OK)
         }
     })
+}
+
+/// Counts one received webhook by outcome: `created`, `duplicate`, `unauthenticated` (missing, stale or
+/// wrong signature: 401) or `invalid` (signed, but not a valid event: 400/422).
+fn count_webhook(outcome: &'static str) {
+    metrics::counter!("webhook_events_total", "outcome" => outcome).increment(1);
 }
 
 /// A user's notifications, newest first, with cursor pagination.

@@ -95,3 +95,40 @@ async fn header_and_body_event_id_mismatch_is_422() {
     assert_eq!(body["errors"][0]["pointer"], "/type", "{body}");
     assert!(app.items("u1").await.is_empty());
 }
+
+/// The value of `webhook_events_total{outcome="<outcome>"}` in `/metrics` (0 before the first one).
+async fn webhooks_counted(app: &crate::helpers::TestApp, outcome: &str) -> f64 {
+    let exposition = app.http.get(app.server.url("/metrics")).send().await.expect("scrape").text().await.expect("text");
+    let series = format!("webhook_events_total{{outcome=\"{outcome}\"}} ");
+    exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix(&series))
+        .map(|value| value.trim().parse::<f64>().expect("a number"))
+        .sum()
+}
+
+#[tokio::test]
+async fn each_outcome_is_counted_apart() {
+    let app = spawn_app().await;
+    let outcomes = ["created", "duplicate", "unauthenticated", "invalid"];
+    let mut before = Vec::new();
+    for outcome in outcomes {
+        before.push(webhooks_counted(&app, outcome).await);
+    }
+
+    let event_id = platform::ids::new_id("evt");
+    let body = transaction_event(&event_id, "u-count");
+    assert_eq!(app.post_signed_event(&event_id, &body).await.status().as_u16(), 201);
+    assert_eq!(app.post_signed_event(&event_id, &body).await.status().as_u16(), 200);
+    let now = chrono::Utc::now().timestamp();
+    assert_problem(app.post_event(&event_id, &body, "another-key-0123456789abcdef", now).await, 401).await;
+    assert_problem(app.post_signed_event(&event_id, "{\"id\":").await, 400).await;
+    let other_id = platform::ids::new_id("evt");
+    assert_problem(app.post_signed_event(&other_id, &body).await, 422).await;
+
+    let mut counted = Vec::new();
+    for (outcome, before) in outcomes.iter().zip(before) {
+        counted.push((*outcome, webhooks_counted(&app, outcome).await - before));
+    }
+    assert_eq!(counted, [("created", 1.0), ("duplicate", 1.0), ("unauthenticated", 1.0), ("invalid", 2.0)]);
+}
