@@ -37,35 +37,45 @@ use policy::RegionFile;
 const ARGOCD_PATHS: &[&str] = &["gitops/argocd"];
 
 pub fn run(_args: &[String]) -> Result<()> {
-    let root = crate::workspace_root();
     crate::prereqs::ensure(crate::prereqs::Needs { python_tools: true, wrk: false, nix: false, gitops: true })?;
     schemas::ensure_tools()?;
-    let environments = environments(&root)?;
+    validate_tree(&crate::workspace_root())
+}
+
+/// Validates the GitOps tree under `root` (its `environments/`, `gitops/` and `.checkov.yaml`); the
+/// validators themselves come from the workspace. The error lists every problem of the failing step.
+pub fn validate_tree(root: &Path) -> Result<()> {
+    let environments = environments(root)?;
     let regions: Vec<RegionFile> = environments.iter().map(|(_, region)| region.clone()).collect();
     let mut failures = Vec::new();
     let mut everything = Vec::new();
     for (dir, region) in &environments {
-        let objects = render(&root, dir)?;
+        let objects = render(root, dir)?;
         println!("xtask: rendered {dir}: {} objects", objects.len());
         failures.extend(policy::check(region, &objects, &regions));
         everything.extend(objects);
     }
     for dir in ARGOCD_PATHS {
-        let objects = render(&root, dir)?;
+        let objects = render(root, dir)?;
         println!("xtask: rendered {dir}: {} objects", objects.len());
         everything.extend(objects);
     }
     failures.extend(schemas::validate(&everything)?);
-    if !failures.is_empty() {
-        for failure in &failures {
-            eprintln!("  {failure}");
-        }
-        bail!("{} problems in the rendered manifests (schemas, policy or residency)", failures.len());
-    }
+    refuse(failures, "schemas, policy or residency")?;
     println!("xtask: {} objects valid against their schemas and the policy", everything.len());
-    prometheus::check(&root)?;
-    security::scan(&root, &everything)?;
+    prometheus::check(root)?;
+    let findings = security::scan(&root.join(".checkov.yaml"), &everything)?;
+    refuse(findings, "checkov; a justified skip goes in .checkov.yaml")?;
+    println!("xtask: checkov found nothing in the rendered manifests");
     Ok(())
+}
+
+/// An error listing `problems` (found by `what`), or `Ok` when there are none.
+fn refuse(problems: Vec<String>, what: &str) -> Result<()> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    bail!("{} problems in the rendered manifests ({what}):\n  {}", problems.len(), problems.join("\n  "))
 }
 
 /// Every `environments/<region>/<stage>` directory and its `region.yaml`, checked against the path.
@@ -126,4 +136,156 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Rendered>> {
         }
     }
     Ok(objects)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The whole pipeline over a copy of the repository's tree: the copy passes, and each kind of
+    //! break (render, schema, policy, residency, rule, security) fails `validate_tree` for its reason.
+
+    use super::*;
+
+    /// A copy of the GitOps tree (`environments/`, `gitops/`, `.checkov.yaml`) in a fresh temporary directory.
+    struct TreeCopy(PathBuf);
+
+    impl TreeCopy {
+        fn new() -> Self {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "xtask-tree-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let root = crate::workspace_root();
+            for part in ["environments", "gitops"] {
+                copy_dir(&root.join(part), &dir.join(part));
+            }
+            std::fs::copy(root.join(".checkov.yaml"), dir.join(".checkov.yaml")).expect("copy .checkov.yaml");
+            TreeCopy(dir)
+        }
+
+        /// Replaces the one occurrence of `from` in `file` with `to`.
+        fn edit(&self, file: &str, from: &str, to: &str) {
+            let path = self.0.join(file);
+            let text = std::fs::read_to_string(&path).expect("read");
+            assert_eq!(text.matches(from).count(), 1, "`{from}` should occur once in {file}");
+            std::fs::write(&path, text.replace(from, to)).expect("write");
+        }
+
+        /// The error `validate_tree` gives for this copy, or a panic when the copy passes.
+        fn failure(&self) -> String {
+            format!("{:#}", validate_tree(&self.0).expect_err("the broken tree passed validation"))
+        }
+    }
+
+    impl Drop for TreeCopy {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read dir").map(|entry| entry.expect("entry")) {
+            let target = to.join(entry.file_name());
+            if entry.file_type().expect("type").is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).expect("copy");
+            }
+        }
+    }
+
+    fn tools() {
+        schemas::ensure_tools().expect("npm packages");
+    }
+
+    /// The error of the whole validation over a copy of the tree with each `(file, from, to)` edit made.
+    fn failure_after(edits: &[(&str, &str, &str)]) -> String {
+        tools();
+        let tree = TreeCopy::new();
+        for (file, from, to) in edits {
+            tree.edit(file, from, to);
+        }
+        tree.failure()
+    }
+
+    #[test]
+    fn the_copied_tree_passes() {
+        tools();
+        validate_tree(&TreeCopy::new().0).expect("the repository's tree is valid");
+    }
+
+    #[test]
+    fn an_overlay_that_does_not_render_fails() {
+        let error = failure_after(&[(
+            "environments/spain/dev/kustomization.yaml",
+            "gitops/apps/notification-service\n",
+            "gitops/apps/nope\n",
+        )]);
+        assert!(error.contains("kubectl kustomize environments/spain/dev failed"), "{error}");
+    }
+
+    #[test]
+    fn misspelt_fields_fail_schema_validation() {
+        let error = failure_after(&[
+            ("gitops/apps/notification-service/deployment.yaml", "readOnly: true", "readOnlyy: true"),
+            ("gitops/apps/transaction-api/external-secret.yaml", "refreshInterval:", "refreshIntervall:"),
+        ]);
+        assert!(error.contains("(schemas, policy or residency)"), "{error}");
+        let lines = |needle: &str| error.lines().filter(|line| line.contains(needle)).count();
+        // Each of the four overlays renders both bases.
+        assert_eq!(lines("Deployment quilla/notification-service"), 4, "{error}");
+        assert_eq!(lines("ExternalSecret quilla/transaction-api"), 4, "{error}");
+        assert!(error.contains("readOnlyy") && error.contains("refreshIntervall"), "{error}");
+    }
+
+    #[test]
+    fn a_prod_autoscaler_below_two_replicas_fails_the_policy() {
+        let error = failure_after(&[(
+            "environments/mexico/prod/kustomization.yaml",
+            "/spec/minReplicas, value: 3",
+            "/spec/minReplicas, value: 1",
+        )]);
+        assert!(error.contains("environments/mexico/prod: HorizontalPodAutoscaler"), "{error}");
+        assert!(error.contains("minReplicas must be at least 2"), "{error}");
+    }
+
+    #[test]
+    fn a_spain_overlay_reading_a_mexico_secret_fails_residency() {
+        let error = failure_after(&[(
+            "environments/spain/prod/kustomization.yaml",
+            "value: quilla/spain/prod/transaction-api/database}",
+            "value: quilla/mexico/prod/transaction-api/database}",
+        )]);
+        assert!(error.contains("environments/spain/prod: ExternalSecret quilla/transaction-api"), "{error}");
+        assert!(error.contains("`quilla/mexico/prod` of region mexico (data residency)"), "{error}");
+    }
+
+    #[test]
+    fn an_alert_that_no_longer_fires_fails_its_rule_test() {
+        let error = failure_after(&[(
+            "gitops/platform/monitoring/prometheus-rules.yaml",
+            "(outbox_pending_events) > 1000",
+            "(outbox_pending_events) > 100000",
+        )]);
+        assert!(error.contains("promtool test rules"), "{error}");
+        assert!(error.contains("QuillaOutboxBacklogHigh"), "{error}");
+    }
+
+    #[test]
+    fn an_object_in_the_default_namespace_fails_the_security_scan() {
+        let error = failure_after(&[(
+            "environments/spain/dev/kustomization.yaml",
+            "patches:\n",
+            "patches:\n  - target: {kind: ServiceAccount, name: notification-service}\n    patch: |-\n      \
+             - {op: replace, path: /metadata/namespace, value: default}\n",
+        )]);
+        assert!(error.contains("(checkov; a justified skip goes in .checkov.yaml)"), "{error}");
+        assert!(
+            error.contains("environments/spain/dev: ServiceAccount.default.notification-service: CKV_K8S_21"),
+            "{error}"
+        );
+    }
 }

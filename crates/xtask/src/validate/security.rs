@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use serde::Deserialize;
 
 use super::Rendered;
 
@@ -11,44 +12,111 @@ use super::Rendered;
 /// in a venv of its own instead of beside moto and the other test tools).
 const REQUIREMENTS: &str = ".ci/security-scan.txt";
 
-/// Runs checkov over every rendered object with the repository's `.checkov.yaml` (recorded
-/// skips, each with its reason). Any failed check fails the scan.
-pub fn scan(root: &Path, objects: &[Rendered]) -> Result<()> {
-    let checkov = ensure_checkov(root)?;
-    let dir = std::env::temp_dir().join(format!("xtask-checkov-{}", std::process::id()));
+/// checkov's JSON report for one framework. With nothing to scan it prints bare counts, without `results`.
+#[derive(Debug, Deserialize)]
+struct Report {
+    results: Option<Results>,
+    summary: Option<Summary>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Results {
+    failed_checks: Vec<FailedCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Summary {
+    parsing_errors: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct FailedCheck {
+    check_id: String,
+    check_name: String,
+    /// `Kind.namespace.name`.
+    resource: String,
+    /// The scanned file, relative to the scanned directory (`/0003-environments-spain-dev.json`).
+    file_path: String,
+}
+
+/// Runs checkov over every rendered object with `config` (the repository's `.checkov.yaml`, whose
+/// skips each carry their reason). Returns one line per failed check: `<source>: <resource>: <id> <name>`.
+/// An empty list means the scan passed; a scanner that cannot run or parse a manifest is an `Err`.
+pub fn scan(config: &Path, objects: &[Rendered]) -> Result<Vec<String>> {
+    let checkov = ensure_checkov()?;
+    let dir = std::env::temp_dir().join(format!("xtask-checkov-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&dir)?;
-    let result = write_and_scan(root, &checkov, &dir, objects);
+    let result = write_and_scan(config, &checkov, &dir, objects);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn write_and_scan(root: &Path, checkov: &Path, dir: &Path, objects: &[Rendered]) -> Result<()> {
-    // One JSON file per object: checkov reads JSON manifests, and JSON keeps numbers exact.
+/// A number no other scan of this process uses (tests scan in parallel).
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn write_and_scan(config: &Path, checkov: &Path, dir: &Path, objects: &[Rendered]) -> Result<Vec<String>> {
+    // One JSON file per object, named after its index: checkov reads JSON manifests, JSON keeps
+    // numbers exact, and the index maps each finding back to the overlay it came from.
     for (index, object) in objects.iter().enumerate() {
         let name = format!("{index:04}-{}.json", object.source.replace('/', "-"));
         std::fs::write(dir.join(name), serde_json::to_vec_pretty(&object.object)?)?;
     }
-    println!("xtask: run checkov over the rendered manifests");
-    let status = Command::new(checkov)
+    println!("xtask: run checkov over {} rendered objects", objects.len());
+    let output = Command::new(checkov)
         .arg("--config-file")
-        .arg(root.join(".checkov.yaml"))
-        .arg("--directory")
+        .arg(config)
+        .args(["--output", "json", "--directory"])
         .arg(dir)
-        .status()
+        .output()
         .context("run checkov")?;
-    if !status.success() {
-        bail!("checkov found problems in the rendered manifests (see above; skips go in .checkov.yaml with a reason)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Exit 1 means "failed checks"; anything else but 0 is the scanner itself failing.
+    if !matches!(output.status.code(), Some(0 | 1)) {
+        bail!("checkov failed ({}):\n{stderr}", output.status);
     }
-    Ok(())
+    let report: Report = serde_json::from_str(&stdout)
+        .with_context(|| format!("checkov printed no JSON report:\n{stdout}\n{stderr}"))?;
+    let (Some(results), Some(summary)) = (report.results, report.summary) else {
+        if objects.is_empty() {
+            return Ok(Vec::new());
+        }
+        bail!("checkov scanned none of the {} rendered objects:\n{stderr}", objects.len());
+    };
+    if summary.parsing_errors > 0 {
+        bail!("checkov could not parse {} of the rendered objects:\n{stderr}", summary.parsing_errors);
+    }
+    Ok(results
+        .failed_checks
+        .iter()
+        .map(|failed| {
+            let source = failed
+                .file_path
+                .trim_start_matches('/')
+                .get(..4)
+                .and_then(|index| index.parse::<usize>().ok())
+                .and_then(|index| objects.get(index))
+                .map_or(failed.file_path.as_str(), |object| object.source.as_str());
+            format!("{source}: {}: {} {}", failed.resource, failed.check_id, failed.check_name)
+        })
+        .collect())
 }
 
 /// `checkov` from a venv under ~/.cache/quilla, (re)installed when the requirements change.
-fn ensure_checkov(root: &Path) -> Result<PathBuf> {
+fn ensure_checkov() -> Result<PathBuf> {
     let home = std::env::var_os("HOME").context("HOME is not set")?;
     let venv = PathBuf::from(home).join(".cache/quilla/checkov-venv");
-    let requirements = root.join(REQUIREMENTS);
+    let requirements = crate::workspace_root().join(REQUIREMENTS);
     let stamp = venv.join("requirements.txt");
     let wanted = std::fs::read(&requirements).with_context(|| format!("read {REQUIREMENTS}"))?;
+    // Parallel tests: one process installs while the others wait.
+    let lock_path = std::env::temp_dir().join("xtask-checkov-venv.lock");
+    let lock = std::fs::File::create(&lock_path).with_context(|| format!("create {}", lock_path.display()))?;
+    lock.lock().with_context(|| format!("lock {}", lock_path.display()))?;
     if std::fs::read(&stamp).ok().as_deref() != Some(wanted.as_slice()) {
         println!("xtask: installing checkov into {}", venv.display());
         let _ = std::fs::remove_dir_all(&venv);
@@ -61,4 +129,67 @@ fn ensure_checkov(root: &Path) -> Result<PathBuf> {
         std::fs::write(&stamp, wanted)?;
     }
     Ok(venv.join("bin/checkov"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config() -> PathBuf {
+        crate::workspace_root().join(".checkov.yaml")
+    }
+
+    fn deployment_of(rendered: &[Rendered], name: &str) -> Rendered {
+        rendered
+            .iter()
+            .find(|r| r.object["kind"] == "Deployment" && r.object["metadata"]["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no Deployment {name}"))
+    }
+
+    #[test]
+    fn the_rendered_deployment_passes_and_each_weakening_is_found() {
+        let rendered = super::super::render(&crate::workspace_root(), "environments/spain/prod").expect("render");
+        // The whole overlay: some checks look across objects (a NetworkPolicy selecting each pod).
+        assert_eq!(scan(&config(), &rendered).expect("scan"), Vec::<String>::new());
+        let good = deployment_of(&rendered, "transaction-api");
+
+        let mut privileged = good.clone();
+        privileged.object["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] = json!(true);
+        let mut host_port = good.clone();
+        host_port.object["metadata"]["name"] = json!("host-port");
+        host_port.object["spec"]["template"]["spec"]["containers"][0]["ports"][0]["hostPort"] = json!(8080);
+        let mut default_namespace = good;
+        default_namespace.object["metadata"]["name"] = json!("in-default");
+        default_namespace.object["metadata"]["namespace"] = json!("default");
+        default_namespace.source = "fixture/default".to_owned();
+
+        let findings = scan(&config(), &[privileged, host_port, default_namespace]).expect("scan");
+        let found = |needle: &str| findings.iter().any(|line| line.contains(needle));
+        assert!(
+            found("environments/spain/prod: Deployment.quilla.transaction-api: CKV_K8S_16 "),
+            "privileged container not found: {findings:#?}"
+        );
+        assert!(found("Deployment.quilla.host-port: CKV_K8S_26 "), "hostPort not found: {findings:#?}");
+        assert!(found("fixture/default: Deployment.default.in-default: CKV_K8S_21 "), "{findings:#?}");
+    }
+
+    #[test]
+    fn a_skipped_check_is_not_reported() {
+        // CKV_K8S_35 (secrets as environment variables) is skipped in .checkov.yaml with its reason.
+        let pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": "env-secret", "namespace": "quilla" },
+            "spec": { "containers": [{
+                "name": "app",
+                "image": "app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+                "env": [{ "name": "KEY", "valueFrom": { "secretKeyRef": { "name": "s", "key": "k" } } }]
+            }] }
+        });
+        let findings = scan(&config(), &[Rendered { source: "fixture".to_owned(), object: pod }]).expect("scan");
+        assert!(!findings.is_empty(), "a bare pod passes checkov? {findings:#?}");
+        assert!(findings.iter().all(|line| !line.contains("CKV_K8S_35")), "{findings:#?}");
+    }
 }
