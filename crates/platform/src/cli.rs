@@ -90,7 +90,7 @@ where
         }
     };
     runtime.block_on(async move {
-        if let Err(error) = crate::secrets_manager::resolve_references(&mut config).await {
+        if let Err(error) = crate::secret_references::resolve_references(&mut config).await {
             tracing::error!(%error, "startup failed");
             eprintln!("{name}: {error}");
             return ExitCode::from(78);

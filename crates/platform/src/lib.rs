@@ -12,7 +12,7 @@ pub mod metrics;
 pub mod problem;
 pub mod rate_limit;
 pub mod secret;
-pub mod secrets_manager;
+pub mod secret_references;
 pub mod server;
 pub mod telemetry;
 pub mod trace_context;

@@ -12,6 +12,10 @@ pub const REDACTED: &str = "[REDACTED]";
 /// `aws-sm://<secret-id>` or `aws-sm://<secret-id>#<json-key>`.
 pub const AWS_SM_SCHEME: &str = "aws-sm://";
 
+/// Prefix of a value that names a file holding the secret (a mounted Kubernetes Secret):
+/// `file:///var/run/secrets/quilla/database-url`.
+pub const FILE_SCHEME: &str = "file://";
+
 /// A secret config value (password, URL with credentials, signing key).
 #[derive(Clone)]
 pub struct Secret(SecretString);
@@ -34,6 +38,16 @@ impl Secret {
             None => (rest, None),
         })
     }
+
+    /// The file this value names, if it is a `file://` reference (the path as written).
+    pub fn file_reference(&self) -> Option<&str> {
+        self.expose().strip_prefix(FILE_SCHEME)
+    }
+
+    /// Whether the value names where the secret is rather than holding it.
+    pub fn is_reference(&self) -> bool {
+        self.aws_reference().is_some() || self.file_reference().is_some()
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -44,10 +58,11 @@ impl fmt::Debug for Secret {
 
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.aws_reference() {
+        if self.is_reference() {
             // A reference is not itself secret, and showing it helps operators.
-            Some(_) => serializer.serialize_str(self.expose()),
-            None => serializer.serialize_str(REDACTED),
+            serializer.serialize_str(self.expose())
+        } else {
+            serializer.serialize_str(REDACTED)
         }
     }
 }
@@ -75,5 +90,14 @@ mod tests {
         assert_eq!(Secret::new("aws-sm://prod/db#password").aws_reference(), Some(("prod/db", Some("password"))));
         assert_eq!(Secret::new("aws-sm://prod/hmac").aws_reference(), Some(("prod/hmac", None)));
         assert_eq!(Secret::new("plain").aws_reference(), None);
+    }
+
+    #[test]
+    fn file_references_are_shown_but_values_are_not() {
+        let reference = Secret::new("file:///var/run/secrets/quilla/database-url");
+        assert_eq!(reference.file_reference(), Some("/var/run/secrets/quilla/database-url"));
+        assert!(reference.is_reference() && !Secret::new("plain").is_reference());
+        let json = serde_json::to_string(&reference).expect("serializes");
+        assert_eq!(json, r#""file:///var/run/secrets/quilla/database-url""#);
     }
 }

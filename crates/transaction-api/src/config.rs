@@ -84,7 +84,7 @@ impl ServiceConfig for Config {
                 "is required: set it to the key shared with notification-service",
             ));
         }
-        if self.webhook.signing_key.aws_reference().is_none() && self.webhook.signing_key.expose().len() < 32 {
+        if !self.webhook.signing_key.is_reference() && self.webhook.signing_key.expose().len() < 32 {
             return Err(ConfigError::new("webhook.signing_key", "must be at least 32 characters"));
         }
         match url::Url::parse(&self.webhook.url) {

@@ -1,8 +1,9 @@
-//! `aws-sm://` references resolved against a real Secrets Manager API (moto), and never shown.
+//! Secret references: `file://` from mounted files, `aws-sm://` against a real Secrets Manager API (moto);
+//! resolved values are validated and never shown.
 
 use aws_config::{BehaviorVersion, Region};
 use platform::config::{Sources, load};
-use platform::secrets_manager::resolve_references;
+use platform::secret_references::resolve_references;
 use transaction_api::{Config, DEFAULTS};
 
 async fn secrets_client() -> aws_sdk_secretsmanager::Client {
@@ -16,6 +17,13 @@ async fn secrets_client() -> aws_sdk_secretsmanager::Client {
 
 fn config_with(overrides: String) -> Config {
     load(&Sources::overridden(DEFAULTS, overrides)).expect("valid config")
+}
+
+/// Neither `Debug` nor `--print-config` shows any of `secrets`.
+fn assert_not_shown(config: &Config, secrets: &[&str]) {
+    for shown in [format!("{config:?}"), platform::config::render_redacted(config)] {
+        assert!(secrets.iter().all(|secret| !shown.contains(secret)), "a secret leaked:\n{shown}");
+    }
 }
 
 fn unique(name: &str) -> String {
@@ -45,11 +53,7 @@ async fn references_resolve_from_secrets_manager_and_stay_redacted() {
     assert_eq!(config.database.url.expose(), format!("postgres://app:{password}@db:5432/quilla"));
     assert_eq!(config.webhook.signing_key.expose(), signing_key);
 
-    let debug = format!("{config:?}");
-    let printed = platform::config::render_redacted(&config);
-    for shown in [&debug, &printed] {
-        assert!(!shown.contains(password) && !shown.contains(signing_key), "a secret leaked:\n{shown}");
-    }
+    assert_not_shown(&config, &[password, signing_key]);
 }
 
 #[tokio::test]
@@ -73,4 +77,43 @@ async fn a_missing_secret_or_field_names_the_config_key() {
     let error = resolve_references(&mut missing_secret).await.expect_err("no such secret");
     assert_eq!(error.key, "webhook.signing_key");
     assert!(error.problem.contains("cannot read AWS Secrets Manager secret"), "{error}");
+}
+
+#[tokio::test]
+async fn file_references_resolve_are_validated_and_stay_redacted() {
+    let dir = std::env::temp_dir().join(platform::ids::new_id("secret-files"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let (database_file, key_file, short_file) = (dir.join("database-url"), dir.join("signing-key"), dir.join("short"));
+    let password = "pa55-from-a-mounted-file";
+    let signing_key = "signing-key-from-a-mounted-file-0123456789";
+    std::fs::write(&database_file, format!("postgres://app:{password}@db:5432/quilla\n")).expect("write");
+    std::fs::write(&key_file, signing_key).expect("write");
+    std::fs::write(&short_file, "too-short").expect("write");
+    let references = |key: &std::path::Path| {
+        format!(
+            "[database]\nurl = \"file://{}\"\n[webhook]\nsigning_key = \"file://{}\"\n",
+            database_file.display(),
+            key.display()
+        )
+    };
+
+    let mut config = config_with(references(&key_file));
+    let printed = platform::config::render_redacted(&config);
+    assert!(printed.contains(&format!("file://{}", key_file.display())), "references are shown:\n{printed}");
+    resolve_references(&mut config).await.expect("references resolve");
+    assert_eq!(config.database.url.expose(), format!("postgres://app:{password}@db:5432/quilla"));
+    assert_eq!(config.webhook.signing_key.expose(), signing_key);
+    assert_not_shown(&config, &[password, signing_key]);
+
+    // The resolved key is held to the same rules as one written in the config.
+    let mut short = config_with(references(&short_file));
+    let error = resolve_references(&mut short).await.expect_err("a 9-character key");
+    assert_eq!((error.key.as_str(), error.problem.as_str()), ("webhook.signing_key", "must be at least 32 characters"));
+    assert!(!error.to_string().contains("too-short"), "{error}");
+
+    let mut missing = config_with(references(&dir.join("absent")));
+    let error = resolve_references(&mut missing).await.expect_err("no such file");
+    assert_eq!(error.key, "webhook.signing_key");
+    assert!(error.problem.contains("cannot read the secret file"), "{error}");
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -230,7 +230,11 @@ mod tests {
     #[test]
     fn misspelt_fields_fail_schema_validation() {
         let error = failure_after(&[
-            ("gitops/apps/notification-service/deployment.yaml", "readOnly: true", "readOnlyy: true"),
+            (
+                "gitops/apps/notification-service/deployment.yaml",
+                "readOnly: true\n            - name: credentials",
+                "readOnlyy: true\n            - name: credentials",
+            ),
             ("gitops/apps/transaction-api/external-secret.yaml", "refreshInterval:", "refreshIntervall:"),
         ]);
         assert!(error.contains("(schemas, policy or residency)"), "{error}");

@@ -136,6 +136,15 @@ fn check_pod(pod: &Value, region: &RegionFile, fail: &mut impl FnMut(String)) {
                 fail(&format!("{probe} is missing"));
             }
         }
+        let secret_variables = (container["env"].as_array().into_iter().flatten())
+            .filter(|variable| variable["valueFrom"]["secretKeyRef"].is_object())
+            .map(|variable| variable["name"].as_str().unwrap_or("<unnamed>"));
+        for name in secret_variables {
+            fail(&format!("env {name} reads a Secret: mount it and pass a file:// reference instead"));
+        }
+        if container["envFrom"].as_array().into_iter().flatten().any(|source| source["secretRef"].is_object()) {
+            fail("envFrom reads a Secret: mount it and pass file:// references instead");
+        }
         let image = container["image"].as_str().unwrap_or_default();
         if let Some(problem) = image_problem(image, region.stage == "prod") {
             fail(&format!("image `{image}`: {problem}"));
@@ -395,6 +404,24 @@ mod tests {
             o[2]["spec"]["template"]["spec"]["automountServiceAccountToken"] = json!(true);
         });
         refused("privileged", |o| container(o)["securityContext"]["privileged"] = json!(true));
+    }
+
+    #[test]
+    fn credentials_are_files_not_environment_variables() {
+        refused("env QUILLA_DATABASE__URL reads a Secret", |o| {
+            container(o)["env"] = json!([{"name": "QUILLA_DATABASE__URL",
+                "valueFrom": {"secretKeyRef": {"name": "credentials", "key": "database-url"}}}]);
+        });
+        refused("envFrom reads a Secret", |o| {
+            container(o)["envFrom"] = json!([{"secretRef": {"name": "credentials"}}])
+        });
+        // A file:// reference in a plain value, and a ConfigMap as a source, are fine.
+        let errors = errors_after(|o| {
+            container(o)["env"] =
+                json!([{"name": "QUILLA_DATABASE__URL", "value": "file:///var/run/secrets/quilla/database-url"}]);
+            container(o)["envFrom"] = json!([{"configMapRef": {"name": "settings"}}]);
+        });
+        assert_eq!(errors, Vec::<String>::new());
     }
 
     #[test]

@@ -160,36 +160,25 @@ mod tests {
         let mut host_port = good.clone();
         host_port.object["metadata"]["name"] = json!("host-port");
         host_port.object["spec"]["template"]["spec"]["containers"][0]["ports"][0]["hostPort"] = json!(8080);
+        let mut secret_variable = good.clone();
+        secret_variable.object["metadata"]["name"] = json!("secret-variable");
+        secret_variable.object["spec"]["template"]["spec"]["containers"][0]["env"] = json!([{
+            "name": "QUILLA_DATABASE__URL",
+            "valueFrom": { "secretKeyRef": { "name": "transaction-api-credentials", "key": "database-url" } }
+        }]);
         let mut default_namespace = good;
         default_namespace.object["metadata"]["name"] = json!("in-default");
         default_namespace.object["metadata"]["namespace"] = json!("default");
         default_namespace.source = "fixture/default".to_owned();
 
-        let findings = scan(&config(), &[privileged, host_port, default_namespace]).expect("scan");
+        let findings = scan(&config(), &[privileged, host_port, secret_variable, default_namespace]).expect("scan");
         let found = |needle: &str| findings.iter().any(|line| line.contains(needle));
         assert!(
             found("environments/spain/prod: Deployment.quilla.transaction-api: CKV_K8S_16 "),
             "privileged container not found: {findings:#?}"
         );
         assert!(found("Deployment.quilla.host-port: CKV_K8S_26 "), "hostPort not found: {findings:#?}");
+        assert!(found("Deployment.quilla.secret-variable: CKV_K8S_35 "), "secret variable not found: {findings:#?}");
         assert!(found("fixture/default: Deployment.default.in-default: CKV_K8S_21 "), "{findings:#?}");
-    }
-
-    #[test]
-    fn a_skipped_check_is_not_reported() {
-        // CKV_K8S_35 (secrets as environment variables) is skipped in .checkov.yaml with its reason.
-        let pod = json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": { "name": "env-secret", "namespace": "quilla" },
-            "spec": { "containers": [{
-                "name": "app",
-                "image": "app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
-                "env": [{ "name": "KEY", "valueFrom": { "secretKeyRef": { "name": "s", "key": "k" } } }]
-            }] }
-        });
-        let findings = scan(&config(), &[Rendered { source: "fixture".to_owned(), object: pod }]).expect("scan");
-        assert!(!findings.is_empty(), "a bare pod passes checkov? {findings:#?}");
-        assert!(findings.iter().all(|line| !line.contains("CKV_K8S_35")), "{findings:#?}");
     }
 }

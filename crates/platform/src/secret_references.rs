@@ -1,4 +1,5 @@
-//! Resolves `aws-sm://<secret-id>[#json-key]` config values from AWS Secrets Manager once, at startup.
+//! Resolves secret references in config values once, at startup: `file://<path>` from a mounted file,
+//! `aws-sm://<secret-id>[#json-key]` from AWS Secrets Manager.
 
 use std::collections::HashMap;
 
@@ -7,7 +8,8 @@ use aws_config::{BehaviorVersion, Region};
 use crate::config::{AwsConfig, ConfigError, ServiceConfig};
 use crate::secret::Secret;
 
-/// Replaces every secret reference in `config` with the value it names.
+/// Replaces every secret reference in `config` with the value it names, then validates the
+/// configuration again, now with the real values.
 ///
 /// Each secret id is fetched once even when several keys point into the same JSON document.
 /// Errors name the config key, never the secret value.
@@ -16,6 +18,10 @@ pub async fn resolve_references<C: ServiceConfig>(config: &mut C) -> Result<(), 
     let mut client = None;
     let mut fetched: HashMap<String, String> = HashMap::new();
     for (key, secret) in config.secrets_mut() {
+        if let Some(path) = secret.file_reference() {
+            *secret = Secret::new(read_secret_file(path).map_err(|problem| ConfigError::new(key, problem))?);
+            continue;
+        }
         let Some((secret_id, json_key)) = secret.aws_reference() else { continue };
         let (secret_id, json_key) = (secret_id.to_owned(), json_key.map(str::to_owned));
         let client = match &client {
@@ -33,7 +39,21 @@ pub async fn resolve_references<C: ServiceConfig>(config: &mut C) -> Result<(), 
         };
         *secret = Secret::new(value);
     }
-    Ok(())
+    config.validate()
+}
+
+/// The secret in the file at `path` (absolute), without the line ending an editor or `echo` leaves.
+fn read_secret_file(path: &str) -> Result<String, String> {
+    if !path.starts_with('/') {
+        return Err(format!("`file://{path}` must name an absolute path, e.g. file:///var/run/secrets/…"));
+    }
+    let mut value =
+        std::fs::read_to_string(path).map_err(|error| format!("cannot read the secret file {path}: {error}"))?;
+    value.truncate(value.trim_end_matches(['\n', '\r']).len());
+    if value.is_empty() {
+        return Err(format!("the secret file {path} is empty"));
+    }
+    Ok(value)
 }
 
 async fn secrets_manager_client(aws: &AwsConfig) -> aws_sdk_secretsmanager::Client {
@@ -70,7 +90,28 @@ fn extract_field(document: &str, field: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::extract_field;
+    use super::{extract_field, read_secret_file};
+
+    #[test]
+    fn secret_files_are_read_without_their_trailing_newline() {
+        let dir = std::env::temp_dir().join(format!("platform-secret-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let file = |name: &str, contents: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, contents).expect("write");
+            path.to_str().expect("utf-8 path").to_owned()
+        };
+        assert_eq!(read_secret_file(&file("exact", "s3cret")).as_deref(), Ok("s3cret"));
+        assert_eq!(read_secret_file(&file("echoed", "s3cret\r\n")).as_deref(), Ok("s3cret"));
+        assert_eq!(read_secret_file(&file("inner", " a\nb ")).as_deref(), Ok(" a\nb "));
+        let empty = read_secret_file(&file("empty", "\n")).unwrap_err();
+        assert!(empty.contains("is empty"), "{empty}");
+        let missing = read_secret_file(&format!("{}/absent", dir.display())).unwrap_err();
+        assert!(missing.starts_with("cannot read the secret file") && missing.contains("/absent"), "{missing}");
+        let relative = read_secret_file("secrets/key").unwrap_err();
+        assert!(relative.contains("absolute path"), "{relative}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn extracts_string_and_number_fields() {
