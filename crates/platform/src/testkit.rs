@@ -4,6 +4,7 @@
 //! `QUILLA_TEST_DATABASE_URL` (superuser URL), `QUILLA_TEST_REDIS_URL`, `QUILLA_TEST_AWS_ENDPOINT`.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -78,18 +79,47 @@ pub fn free_port() -> u16 {
 #[derive(Debug)]
 pub struct RedisServer {
     pub port: u16,
+    tls: Option<RedisTls>,
     child: Option<Child>,
+}
+
+/// What a TLS Redis server needs: a password, and its certificates in a directory of its own.
+#[derive(Debug)]
+struct RedisTls {
+    password: String,
+    dir: PathBuf,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
-        let mut server = Self { port: free_port(), child: None };
+        let mut server = Self { port: free_port(), tls: None, child: None };
         server.restart();
         server
     }
 
+    /// A server like ElastiCache with encryption in transit and AUTH: TLS only, with `password`.
+    /// Its certificate (for `localhost`) is signed by a throwaway CA, written to [`Self::ca_file`].
+    pub fn start_tls(password: &str) -> Self {
+        let dir = std::env::temp_dir().join(crate::ids::new_id("redis-tls"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        write_certificates(&dir);
+        let tls = RedisTls { password: password.to_owned(), dir };
+        let mut server = Self { port: free_port(), tls: Some(tls), child: None };
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:<port>`, or `rediss://:<password>@localhost:<port>` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.tls {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(tls) => format!("rediss://:{}@localhost:{}", tls.password, self.port),
+        }
+    }
+
+    /// The PEM file of the CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|tls| tls.dir.join("ca.pem"))
     }
 
     /// Kills the server (SIGKILL): connections drop as in a crash.
@@ -103,20 +133,48 @@ impl RedisServer {
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no", "--requirepass", &tls.password])
+                .arg("--tls-cert-file")
+                .arg(tls.dir.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(tls.dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(tls.dir.join("ca.pem")),
+        };
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("redis-server on PATH");
         self.child = Some(child);
         wait_for_port(self.port, Duration::from_secs(10));
     }
 }
 
+/// A CA (`ca.pem`) and a certificate it signed for `localhost` (`server.pem`, `server.key`) in `dir`.
+fn write_certificates(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::new()).expect("CA parameters");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key")).expect("CA");
+    let server_key = KeyPair::generate().expect("server key");
+    let server = CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("server parameters")
+        .signed_by(&server_key, &ca)
+        .expect("server certificate");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write ca.pem");
+    std::fs::write(dir.join("server.pem"), server.pem()).expect("write server.pem");
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).expect("write server.key");
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some(tls) = &self.tls {
+            let _ = std::fs::remove_dir_all(&tls.dir);
+        }
     }
 }
 

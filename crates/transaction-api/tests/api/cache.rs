@@ -1,9 +1,11 @@
-//! The Redis read cache: used when up, invisible to clients when down.
+//! The Redis read cache: used when up, invisible to clients when down, reached over TLS with AUTH.
+
+use std::path::Path;
 
 use platform::testkit::RedisServer;
 use serde_json::Value;
 
-use crate::helpers::{Options, brl, spawn_app_with};
+use crate::helpers::{Options, binary, brl, spawn_app_with, wait_until_ready};
 
 #[tokio::test]
 async fn reads_are_served_from_redis_after_create() {
@@ -44,4 +46,40 @@ async fn every_request_succeeds_when_redis_stops_mid_test() {
     tokio::time::sleep(std::time::Duration::from_millis(5500)).await; // the breaker's open period
     let after = app.post_transaction(&brl("u1", "3.00")).await;
     assert_eq!(after.status().as_u16(), 201);
+}
+
+/// What the real binary's `/ready` says of Redis when its URL is read from `url_file` (a `file://`
+/// reference, as in the cluster) and `SSL_CERT_FILE` names `trusted_ca` (as the image's does).
+async fn redis_check_of_the_binary(database_url: &str, url_file: &Path, trusted_ca: Option<&Path>) -> String {
+    let port = platform::testkit::free_port();
+    let mut command = binary(database_url, port);
+    command.env("QUILLA_REDIS__URL", format!("file://{}", url_file.display()));
+    if let Some(ca) = trusted_ca {
+        command.env("SSL_CERT_FILE", ca);
+    }
+    let mut child = command.spawn().expect("binary starts");
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_ready(&http, &base).await;
+    let ready: Value = http.get(format!("{base}/ready")).send().await.expect("ready").json().await.expect("json");
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    ready["checks"]["redis"].as_str().expect("a redis check").to_owned()
+}
+
+#[tokio::test]
+async fn a_tls_redis_with_auth_is_reached_only_with_its_ca_and_password() {
+    let redis = RedisServer::start_tls("auth-token-0123456789");
+    let ca = redis.ca_file().expect("a TLS server has a CA");
+    let database_url = platform::testkit::fresh_database().await;
+    let dir = std::env::temp_dir().join(platform::ids::new_id("redis-url"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let (right, wrong) = (dir.join("right"), dir.join("wrong"));
+    std::fs::write(&right, format!("{}\n", redis.url())).expect("write");
+    std::fs::write(&wrong, redis.url().replace("auth-token-0123456789", "not-the-token")).expect("write");
+
+    assert_eq!(redis_check_of_the_binary(&database_url, &right, Some(&ca)).await, "up");
+    assert_eq!(redis_check_of_the_binary(&database_url, &right, None).await, "down", "an untrusted certificate");
+    assert_eq!(redis_check_of_the_binary(&database_url, &wrong, Some(&ca)).await, "down", "a wrong password");
+    std::fs::remove_dir_all(&dir).ok();
 }

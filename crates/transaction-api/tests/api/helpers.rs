@@ -156,3 +156,34 @@ pub async fn start_notification_service(database_url: &str, port: u16, signing_k
     let service = notification_service::build(&config, &lifecycle).await.expect("notification-service builds");
     TestServer::start_on(service, &config.server, lifecycle, port).await
 }
+
+/// The real transaction-api binary, configured only by environment variables: loopback on `port`,
+/// `database_url` without TLS, the shared Redis, a webhook URL nothing listens on. Callers add or
+/// replace variables before spawning.
+pub fn binary(database_url: &str, port: u16) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_transaction-api"));
+    command
+        .env_clear()
+        .env("QUILLA_SERVER__HOST", "127.0.0.1")
+        .env("QUILLA_SERVER__PORT", port.to_string())
+        .env("QUILLA_DATABASE__URL", database_url)
+        .env("QUILLA_DATABASE__SSL_MODE", "disable")
+        .env("QUILLA_REDIS__URL", shared_redis_url())
+        .env("QUILLA_WEBHOOK__URL", "http://127.0.0.1:9/webhooks/transactions")
+        .env("QUILLA_WEBHOOK__SIGNING_KEY", SIGNING_KEY)
+        .env("QUILLA_TELEMETRY__LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::null());
+    command
+}
+
+/// Polls `<base>/ready` until it answers 2xx (five seconds at most).
+pub async fn wait_until_ready(http: &reqwest::Client, base: &str) {
+    for _ in 0..200 {
+        let response = http.get(format!("{base}/ready")).send().await;
+        if response.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("service never became ready");
+}

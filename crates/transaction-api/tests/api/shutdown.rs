@@ -1,31 +1,21 @@
 //! SIGTERM on the real binary: readiness fails first, in-flight requests complete, exit 0.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::Connection;
 
-use crate::helpers::{SIGNING_KEY, brl};
+use crate::helpers::{binary, brl, wait_until_ready};
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_complete() {
     let database_url = platform::testkit::fresh_database().await;
     let port = platform::testkit::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_transaction-api"))
-        .env_clear()
-        .env("QUILLA_SERVER__HOST", "127.0.0.1")
-        .env("QUILLA_SERVER__PORT", port.to_string())
+    let mut child = binary(&database_url, port)
         .env("QUILLA_SERVER__DRAIN_DELAY", "300ms")
         .env("QUILLA_SERVER__SHUTDOWN_GRACE", "10s")
         .env("QUILLA_SERVER__REQUEST_TIMEOUT", "20s")
-        .env("QUILLA_DATABASE__URL", &database_url)
-        .env("QUILLA_DATABASE__SSL_MODE", "disable")
-        .env("QUILLA_REDIS__URL", platform::testkit::shared_redis_url())
-        .env("QUILLA_WEBHOOK__URL", "http://127.0.0.1:9/webhooks/transactions")
-        .env("QUILLA_WEBHOOK__SIGNING_KEY", SIGNING_KEY)
-        .env("QUILLA_TELEMETRY__LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
         .spawn()
         .expect("binary starts");
     let http = reqwest::Client::new();
@@ -70,15 +60,4 @@ async fn sigterm_lets_in_flight_requests_complete() {
     let exit = tokio::task::spawn_blocking(move || child.wait()).await.expect("join").expect("wait");
     assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
     assert!(http.get(format!("{base}/health")).send().await.is_err(), "listener is closed after shutdown");
-}
-
-async fn wait_until_ready(http: &reqwest::Client, base: &str) {
-    for _ in 0..200 {
-        let response = http.get(format!("{base}/ready")).send().await;
-        if response.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("service never became ready");
 }

@@ -66,6 +66,13 @@ pub fn check(region: &RegionFile, objects: &[Rendered], all: &[RegionFile]) -> V
                 }
             }
             "ConfigMap" => check_service_config(object, region, &mut fail),
+            "ExternalSecret" => {
+                for key in remote_keys(object) {
+                    if !key.starts_with(&format!("{}/", region.secrets_prefix)) {
+                        fail(format!("remote key `{key}` is not under the environment's `{}/`", region.secrets_prefix));
+                    }
+                }
+            }
             _ => {}
         }
         if region.stage == "prod" && object["kind"] == "Deployment" && !has_disruption_budget(object, objects) {
@@ -81,6 +88,14 @@ pub fn check(region: &RegionFile, objects: &[Rendered], all: &[RegionFile]) -> V
         }
     }
     errors
+}
+
+/// The Secrets Manager entries an ExternalSecret reads (`data[].remoteRef.key`, `dataFrom[].extract.key`).
+fn remote_keys(external_secret: &Value) -> impl Iterator<Item = &str> {
+    let spec = &external_secret["spec"];
+    let data = spec["data"].as_array().into_iter().flatten().map(|entry| &entry["remoteRef"]["key"]);
+    let data_from = spec["dataFrom"].as_array().into_iter().flatten().map(|entry| &entry["extract"]["key"]);
+    data.chain(data_from).filter_map(Value::as_str)
 }
 
 fn check_pod(pod: &Value, region: &RegionFile, fail: &mut impl FnMut(String)) {
@@ -353,6 +368,10 @@ mod tests {
                 "metadata": {"name": "aws"}, "spec": {"provider": {"aws": {"region": "eu-south-2"}}}}),
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "quilla"},
                 "data": {"config.toml": "[aws]\nregion = \"eu-south-2\"\n"}}),
+            json!({"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+                "metadata": {"name": "notification-service", "namespace": "quilla"},
+                "spec": {"dataFrom": [{"extract": {"key": "quilla/spain/prod/rds-master-user"}}],
+                    "data": [{"secretKey": "k", "remoteRef": {"key": "quilla/spain/prod/webhook-signing-key"}}]}}),
         ]
     }
 
@@ -504,6 +523,16 @@ mod tests {
                 "spec": {"dataFrom": [{"extract": {"key": "quilla/mexico/prod/rds-master-user"}}]}}));
         });
         refused("aws.region", |o| o[7]["data"]["config.toml"] = json!("[aws]\nregion = \"eu-west-1\"\n"));
+        // A key an overlay forgot to patch keeps the base's placeholder.
+        refused(
+            "remote key `overlay-sets-this/webhook-signing-key` is not under the environment's `quilla/spain/prod/`",
+            |o| {
+                o[8]["spec"]["data"][0]["remoteRef"]["key"] = json!("overlay-sets-this/webhook-signing-key");
+            },
+        );
+        refused("remote key `quilla/spain/dev/rds-master-user`", |o| {
+            o[8]["spec"]["dataFrom"][0]["extract"]["key"] = json!("quilla/spain/dev/rds-master-user");
+        });
         refused("not the region's VPC CIDR", |o| {
             o[5]["spec"]["egress"] = json!([{"to": [{"ipBlock": {"cidr": "10.99.0.0/16"}}]}]);
         });
