@@ -31,7 +31,7 @@ in
         pkgs.postgresql
         pkgs.redis # built with TLS: the ElastiCache-like test server needs it
         moto
-        pkgs.prometheus # promtool, for the rule tests
+        pkgs.prometheus.cli # promtool, for the rule tests
       ];
       # The GitOps validators (the npm schema packages, kubernetes-validate and checkov, pinned by
       # their own lockfiles) are installed from their registries by `cargo xtask validate`, which

@@ -2,7 +2,8 @@
 # (buildDepsOnly) and reused by every service package and by the checks.
 { pkgs, lib, craneLib, muslTarget, services, version }:
 let
-  # The whole workspace's manifests and sources (Rust, SQL migrations, embedded TOML defaults).
+  # The whole workspace's manifests and sources (Rust, SQL migrations, embedded TOML defaults),
+  # and the GitOps tree, which the rule tests read and metrics_catalog embeds (queried-metrics.txt).
   src = lib.fileset.toSource {
     root = ../.;
     fileset = lib.fileset.unions [
@@ -11,6 +12,8 @@ let
       (lib.fileset.fileFilter (file: file.hasExt "toml") ../crates)
       ../.config
       ../deny.toml
+      ../gitops
+      ../environments
     ];
   };
 

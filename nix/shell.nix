@@ -12,7 +12,7 @@ craneLib.devShell {
     skopeo
     kubectl
     kustomize
-    prometheus # promtool
+    prometheus.cli # promtool
     yamllint
     actionlint
     nixfmt-rfc-style

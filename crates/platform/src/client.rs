@@ -142,6 +142,64 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A local server that answers 503 to its first `failures` requests and 200 after that.
+    fn flaky_server(failures: usize) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let address = listener.local_addr().expect("address");
+        let seen = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || {
+                let seen = Arc::clone(&seen);
+                async move {
+                    let code = if seen.fetch_add(1, Ordering::SeqCst) < failures { 503 } else { 200 };
+                    http::StatusCode::from_u16(code).expect("status")
+                }
+            }),
+        );
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                axum::serve(listener, app).await.expect("serve");
+            });
+        });
+        format!("http://{address}/")
+    }
+
+    #[test]
+    fn every_attempt_is_timed_whether_it_fails_or_succeeds() {
+        let url = flaky_server(2);
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let config = ClientConfig {
+            timeout: Duration::from_secs(5),
+            max_attempts: 3,
+            backoff_base: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(1),
+            breaker_failure_threshold: 10,
+            breaker_open_for: Duration::from_secs(1),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        // The recorder is local to this thread, and the current-thread runtime polls the call on it.
+        metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(async {
+                let client = ResilientClient::new("flaky", config).expect("client");
+                let response = client.send_idempotent(None, |http| http.get(&url)).await.expect("third attempt");
+                assert_eq!(response.status().as_u16(), 200);
+            });
+        });
+        let exposition = handle.render();
+        let count = exposition
+            .lines()
+            .find_map(|line| line.strip_prefix("http_client_request_duration_seconds_count{client=\"flaky\"} "))
+            .unwrap_or_else(|| panic!("no attempt timed:\n{exposition}"));
+        assert_eq!(count, "3", "two 503s and the 200 are three attempts");
+    }
 
     proptest! {
         #[test]

@@ -97,6 +97,8 @@ async fn header_and_body_event_id_mismatch_is_422() {
 }
 
 /// The value of `webhook_events_total{outcome="<outcome>"}` in `/metrics` (0 before the first one).
+/// The recorder is per process: the before/after deltas below rely on nextest running each test in
+/// its own process, as `cargo xtask test` and the Nix check do.
 async fn webhooks_counted(app: &crate::helpers::TestApp, outcome: &str) -> f64 {
     let exposition = app.http.get(app.server.url("/metrics")).send().await.expect("scrape").text().await.expect("text");
     let series = format!("webhook_events_total{{outcome=\"{outcome}\"}} ");

@@ -54,17 +54,28 @@ async fn redis_check_of_the_binary(database_url: &str, url_file: &Path, trusted_
     let port = platform::testkit::free_port();
     let mut command = binary(database_url, port);
     command.env("QUILLA_REDIS__URL", format!("file://{}", url_file.display()));
+    // Room for a first TLS handshake on a busy CI machine: this test is about trust and AUTH, not
+    // speed. A refused certificate or password still fails at once.
+    command.env("QUILLA_REDIS__OPERATION_TIMEOUT", "2s");
     if let Some(ca) = trusted_ca {
         command.env("SSL_CERT_FILE", ca);
     }
-    let mut child = command.spawn().expect("binary starts");
+    let _child = KillOnDrop(command.spawn().expect("binary starts"));
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     wait_until_ready(&http, &base).await;
     let ready: Value = http.get(format!("{base}/ready")).send().await.expect("ready").json().await.expect("json");
-    child.kill().expect("kill");
-    child.wait().expect("wait");
     ready["checks"]["redis"].as_str().expect("a redis check").to_owned()
+}
+
+/// A spawned binary that is killed when the test ends, whether it passed or panicked.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test]

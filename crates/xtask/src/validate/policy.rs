@@ -66,13 +66,7 @@ pub fn check(region: &RegionFile, objects: &[Rendered], all: &[RegionFile]) -> V
                 }
             }
             "ConfigMap" => check_service_config(object, region, &mut fail),
-            "ExternalSecret" => {
-                for key in remote_keys(object) {
-                    if !key.starts_with(&format!("{}/", region.secrets_prefix)) {
-                        fail(format!("remote key `{key}` is not under the environment's `{}/`", region.secrets_prefix));
-                    }
-                }
-            }
+            "ExternalSecret" => check_external_secret(object, objects, region, &mut fail),
             _ => {}
         }
         if region.stage == "prod" && object["kind"] == "Deployment" && !has_disruption_budget(object, objects) {
@@ -88,6 +82,31 @@ pub fn check(region: &RegionFile, objects: &[Rendered], all: &[RegionFile]) -> V
         }
     }
     errors
+}
+
+/// An ExternalSecret reads named entries under the environment's prefix, from a store the
+/// environment renders: `find` and generators (`sourceRef`) would escape the prefix check.
+fn check_external_secret(object: &Value, objects: &[Rendered], region: &RegionFile, fail: &mut impl FnMut(String)) {
+    for key in remote_keys(object) {
+        if !key.starts_with(&format!("{}/", region.secrets_prefix)) {
+            fail(format!("remote key `{key}` is not under the environment's `{}/`", region.secrets_prefix));
+        }
+    }
+    let spec = &object["spec"];
+    let entries = spec["data"].as_array().into_iter().chain(spec["dataFrom"].as_array()).flatten();
+    if entries.clone().any(|entry| !entry["sourceRef"].is_null() || !entry["find"].is_null()) {
+        fail("`find` and `sourceRef` are not allowed: name each entry with remoteRef.key or extract.key".into());
+    }
+    if spec["dataFrom"].as_array().into_iter().flatten().any(|entry| entry["extract"]["key"].is_null()) {
+        fail("every dataFrom entry must be an `extract` of a named entry".into());
+    }
+    let store = &spec["secretStoreRef"];
+    let rendered_store = objects
+        .iter()
+        .any(|other| other.object["kind"] == store["kind"] && other.object["metadata"]["name"] == store["name"]);
+    if store["kind"] != "ClusterSecretStore" || !rendered_store {
+        fail(format!("secretStoreRef {} is not a ClusterSecretStore this environment renders", store));
+    }
 }
 
 /// The Secrets Manager entries an ExternalSecret reads (`data[].remoteRef.key`, `dataFrom[].extract.key`).
@@ -370,7 +389,7 @@ mod tests {
                 "data": {"config.toml": "[aws]\nregion = \"eu-south-2\"\n"}}),
             json!({"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
                 "metadata": {"name": "notification-service", "namespace": "quilla"},
-                "spec": {"dataFrom": [{"extract": {"key": "quilla/spain/prod/rds-master-user"}}],
+                "spec": {"secretStoreRef": {"kind": "ClusterSecretStore", "name": "aws"}, "dataFrom": [{"extract": {"key": "quilla/spain/prod/rds-master-user"}}],
                     "data": [{"secretKey": "k", "remoteRef": {"key": "quilla/spain/prod/webhook-signing-key"}}]}}),
         ]
     }
@@ -532,6 +551,15 @@ mod tests {
         );
         refused("remote key `quilla/spain/dev/rds-master-user`", |o| {
             o[8]["spec"]["dataFrom"][0]["extract"]["key"] = json!("quilla/spain/dev/rds-master-user");
+        });
+        refused("`find` and `sourceRef` are not allowed", |o| {
+            o[8]["spec"]["dataFrom"][0] = json!({"find": {"name": {"regexp": ".*"}}});
+        });
+        refused("`find` and `sourceRef` are not allowed", |o| {
+            o[8]["spec"]["data"][0]["sourceRef"] = json!({"storeRef": {"kind": "ClusterSecretStore", "name": "other"}});
+        });
+        refused("is not a ClusterSecretStore this environment renders", |o| {
+            o[8]["spec"]["secretStoreRef"]["name"] = json!("aws-secrets-manager-mexico");
         });
         refused("not the region's VPC CIDR", |o| {
             o[5]["spec"]["egress"] = json!([{"to": [{"ipBlock": {"cidr": "10.99.0.0/16"}}]}]);
