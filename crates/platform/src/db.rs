@@ -1,6 +1,7 @@
 //! PostgreSQL: a pool bound to the service's own schema, TLS mode from config, embedded migrations.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -12,19 +13,68 @@ use crate::config::{ConfigError, DatabaseConfig, SslMode};
 /// service owns one schema (`transactions`, `notifications`) in the shared database.
 pub fn pool(config: &DatabaseConfig, schema: &'static str) -> Result<PgPool, ConfigError> {
     config.validate()?;
-    let options = PgConnectOptions::from_str(config.url.expose())
+    let options = connect_options(config, schema, config.url.expose())?;
+    Ok(PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .min_connections(config.min_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_lazy_with(options))
+}
+
+/// How often a database URL read from a file is read again: RDS rotates the master user's
+/// password, and the ExternalSecret and the kubelet bring the new URL into the mounted file.
+pub const CREDENTIALS_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
+
+/// When `database.url` came from a `file://` reference, reads that file every `interval` and
+/// points the pool's new connections at the URL it holds once it changes. Open connections stay:
+/// PostgreSQL keeps sessions across a password change. Without a file reference, does nothing.
+pub fn reload_credentials(pool: &PgPool, config: &DatabaseConfig, schema: &'static str, interval: Duration) {
+    let Some(path) =
+        config.url.resolved_from().and_then(|reference| reference.strip_prefix(crate::secret::FILE_SCHEME))
+    else {
+        return;
+    };
+    let (pool, config, path) = (pool.clone(), config.clone(), path.to_owned());
+    tokio::spawn(async move {
+        let mut current = config.url.clone();
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        while !pool.is_closed() {
+            ticker.tick().await;
+            let url = match crate::secret_references::read_secret_file(&path) {
+                Ok(url) if url != current.expose() => crate::Secret::new(url),
+                Ok(_) => continue,
+                Err(problem) => {
+                    tracing::warn!(problem, "cannot read the database URL file again; keeping the current URL");
+                    continue;
+                }
+            };
+            match connect_options(&config, schema, url.expose()) {
+                Ok(options) => {
+                    pool.set_connect_options(options);
+                    current = url;
+                    tracing::info!(path, "database credentials changed: new connections use them");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "the database URL file holds an invalid URL; keeping the current one")
+                }
+            }
+        }
+    });
+}
+
+/// Connection settings for `url`: the configured TLS mode and statement timeout, `schema` as the
+/// search path and application name.
+fn connect_options(config: &DatabaseConfig, schema: &'static str, url: &str) -> Result<PgConnectOptions, ConfigError> {
+    Ok(PgConnectOptions::from_str(url)
         .map_err(|e| ConfigError::new("database.url", format!("not a valid PostgreSQL URL: {}", redact_url_error(&e))))?
         .ssl_mode(ssl_mode(config.ssl_mode))
         .application_name(schema)
         .options([
             ("search_path", schema.to_owned()),
             ("statement_timeout", config.statement_timeout.as_millis().to_string()),
-        ]);
-    Ok(PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        .min_connections(config.min_connections)
-        .acquire_timeout(config.acquire_timeout)
-        .connect_lazy_with(options))
+        ]))
 }
 
 /// Creates the service schema if needed and applies the embedded migrations.

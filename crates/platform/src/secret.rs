@@ -18,16 +18,30 @@ pub const FILE_SCHEME: &str = "file://";
 
 /// A secret config value (password, URL with credentials, signing key).
 #[derive(Clone)]
-pub struct Secret(SecretString);
+pub struct Secret {
+    value: SecretString,
+    /// The reference the value was read from, once resolved (`file://…`, `aws-sm://…`).
+    resolved_from: Option<String>,
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(SecretString::from(value.into()))
+        Self { value: SecretString::from(value.into()), resolved_from: None }
+    }
+
+    /// `value`, read from `reference` (which stays known, e.g. to read the file again).
+    pub fn resolved(value: impl Into<String>, reference: impl Into<String>) -> Self {
+        Self { value: SecretString::from(value.into()), resolved_from: Some(reference.into()) }
     }
 
     /// The only way to read the value: call sites are easy to audit.
     pub fn expose(&self) -> &str {
-        self.0.expose_secret()
+        self.value.expose_secret()
+    }
+
+    /// The reference this value was resolved from, if it was one.
+    pub fn resolved_from(&self) -> Option<&str> {
+        self.resolved_from.as_deref()
     }
 
     /// The Secrets Manager reference this value holds, if it is one (`(secret_id, json_key)`).

@@ -19,7 +19,8 @@ pub async fn resolve_references<C: ServiceConfig>(config: &mut C) -> Result<(), 
     let mut fetched: HashMap<String, String> = HashMap::new();
     for (key, secret) in config.secrets_mut() {
         if let Some(path) = secret.file_reference() {
-            *secret = Secret::new(read_secret_file(path).map_err(|problem| ConfigError::new(key, problem))?);
+            let value = read_secret_file(path).map_err(|problem| ConfigError::new(key, problem))?;
+            *secret = Secret::resolved(value, secret.expose());
             continue;
         }
         let Some((secret_id, json_key)) = secret.aws_reference() else { continue };
@@ -37,13 +38,13 @@ pub async fn resolve_references<C: ServiceConfig>(config: &mut C) -> Result<(), 
             None => document.clone(),
             Some(field) => extract_field(document, &field).map_err(|problem| ConfigError::new(key, problem))?,
         };
-        *secret = Secret::new(value);
+        *secret = Secret::resolved(value, secret.expose());
     }
     config.validate()
 }
 
 /// The secret in the file at `path` (absolute), without the line ending an editor or `echo` leaves.
-fn read_secret_file(path: &str) -> Result<String, String> {
+pub(crate) fn read_secret_file(path: &str) -> Result<String, String> {
     if !path.starts_with('/') {
         return Err(format!("`file://{path}` must name an absolute path, e.g. file:///var/run/secrets/…"));
     }

@@ -46,6 +46,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub async fn build(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<Service> {
     platform::metrics::install(&[("transaction_amount", AMOUNT_BUCKETS)]);
     let pool = platform::db::pool(&config.database, SCHEMA)?;
+    platform::db::reload_credentials(&pool, &config.database, SCHEMA, platform::db::CREDENTIALS_RELOAD_INTERVAL);
     if config.database.migrate_on_start {
         platform::db::migrate(&pool, SCHEMA, &MIGRATOR)
             .await
