@@ -1,4 +1,5 @@
-//! PostgreSQL: a pool bound to the service's own schema, TLS mode from config, embedded migrations.
+//! PostgreSQL: a pool bound to the service's own schema, TLS mode from config, credentials re-read
+//! from their file after a rotation, embedded migrations.
 
 use std::str::FromStr;
 use std::time::Duration;
