@@ -34,12 +34,25 @@ pub fn is_root() -> bool {
 pub struct ScratchDir(pub PathBuf);
 
 impl ScratchDir {
+    /// A new empty directory, unique even among threads of one process (tests run in parallel).
     pub fn new(label: &str) -> Result<Self> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
-        let path = std::env::temp_dir().join(format!("quilla-{label}-{}-{nanos}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let sequence = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("quilla-{label}-{}-{sequence}", std::process::id()));
+        // A directory left by an earlier process with the same id is stale.
+        let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
         Ok(Self(path))
     }
+}
+
+/// An exclusive lock on `<temp>/quilla-<name>.lock`, held until the file is dropped: one process
+/// installs a tool while the others (parallel tests) wait, then find it installed.
+pub fn install_lock(name: &str) -> Result<fs::File> {
+    let path = std::env::temp_dir().join(format!("quilla-{name}.lock"));
+    let file = fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    file.lock().with_context(|| format!("lock {}", path.display()))?;
+    Ok(file)
 }
 
 impl Drop for ScratchDir {

@@ -9,7 +9,8 @@ use crate::infra::{is_root, postgres_bin_dir, run, which};
 /// What a command needs besides Rust.
 #[derive(Debug, Clone, Copy)]
 pub struct Needs {
-    /// The Python tools of .ci/requirements.txt: moto (AWS emulator) and yamllint.
+    /// The Python tools of .ci/requirements.txt: moto (AWS emulator), yamllint, kubectl and
+    /// kubernetes-validate.
     pub python_tools: bool,
     /// The wrk load generator (benchmarks).
     pub wrk: bool,
@@ -19,7 +20,7 @@ pub struct Needs {
     pub gitops: bool,
 }
 
-/// Makes sure PostgreSQL and Redis (and moto when asked) are present. As root on a machine with
+/// Makes sure PostgreSQL and Redis (and the other tools `needs` asks for) are present. As root on a machine with
 /// apt, installs what is missing; otherwise prints how to install it and fails.
 pub fn ensure(needs: Needs) -> Result<()> {
     let mut missing_apt = Vec::new();
@@ -41,14 +42,14 @@ pub fn ensure(needs: Needs) -> Result<()> {
     if needs.gitops && which("node").is_none() {
         missing_apt.push("nodejs");
     }
-    let missing_moto = needs.python_tools
+    let missing_python_tools = needs.python_tools
         && ["moto_server", "yamllint", "kubectl", "kubernetes-validate"].iter().any(|tool| which(tool).is_none());
-    if missing_apt.is_empty() && !missing_moto {
+    if missing_apt.is_empty() && !missing_python_tools {
         return Ok(());
     }
     let can_install = is_root() && which("apt-get").is_some();
     if !can_install {
-        print_instructions(&missing_apt, missing_moto);
+        print_instructions(&missing_apt, missing_python_tools);
         bail!("missing system programs (see above)");
     }
     if !missing_apt.is_empty() {
@@ -59,15 +60,15 @@ pub fn ensure(needs: Needs) -> Result<()> {
             .args(&missing_apt)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    if missing_moto {
-        eprintln!("xtask: installing the Python tools (moto, yamllint) with pip");
+    if missing_python_tools {
+        eprintln!("xtask: installing the Python tools of .ci/requirements.txt with pip");
         let requirements = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ci/requirements.txt");
         run(Command::new("python3").args(["-m", "pip", "install", "-q", "-r", requirements]))?;
     }
     Ok(())
 }
 
-fn print_instructions(apt: &[&str], moto: bool) {
+fn print_instructions(apt: &[&str], python_tools: bool) {
     eprintln!("xtask: these programs are needed and missing:");
     if !apt.is_empty() {
         let brew: Vec<&str> = apt.iter().map(|p| brew_name(p)).collect();
@@ -76,8 +77,8 @@ fn print_instructions(apt: &[&str], moto: bool) {
         eprintln!("  macOS:         brew install {}", brew.join(" "));
         eprintln!("  Nix:           nix shell {}   (or: nix develop)", nix.join(" "));
     }
-    if moto {
-        eprintln!("  moto and yamllint (for tests): python3 -m pip install -r .ci/requirements.txt");
+    if python_tools {
+        eprintln!("  moto, yamllint, kubectl, kubernetes-validate: python3 -m pip install -r .ci/requirements.txt");
     }
 }
 

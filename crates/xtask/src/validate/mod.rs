@@ -106,13 +106,20 @@ fn environments(root: &Path) -> Result<Vec<(String, RegionFile)>> {
 }
 
 fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("read {}", dir.display()))?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| path.is_dir())
-        .collect();
-    dirs.sort();
-    Ok(dirs)
+    sorted_entries(dir, Path::is_dir)
+}
+
+/// The entries of `dir` (not below it) that `keep` accepts, sorted by path.
+pub fn sorted_entries(dir: &Path, keep: impl Fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let path = entry?.path();
+        if keep(&path) {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
 }
 
 /// `kubectl kustomize <dir>`, parsed into objects.
@@ -145,29 +152,27 @@ mod tests {
 
     use super::*;
 
-    /// A copy of the GitOps tree (`environments/`, `gitops/`, `.checkov.yaml`) in a fresh temporary directory.
-    struct TreeCopy(PathBuf);
+    /// A copy of the GitOps tree (`environments/`, `gitops/`, `.checkov.yaml`) in a scratch directory.
+    struct TreeCopy(crate::infra::ScratchDir);
 
     impl TreeCopy {
         fn new() -> Self {
-            use std::sync::atomic::{AtomicU64, Ordering};
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "xtask-tree-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ));
+            let scratch = crate::infra::ScratchDir::new("tree").expect("scratch directory");
             let root = crate::workspace_root();
             for part in ["environments", "gitops"] {
-                copy_dir(&root.join(part), &dir.join(part));
+                copy_dir(&root.join(part), &scratch.0.join(part));
             }
-            std::fs::copy(root.join(".checkov.yaml"), dir.join(".checkov.yaml")).expect("copy .checkov.yaml");
-            TreeCopy(dir)
+            std::fs::copy(root.join(".checkov.yaml"), scratch.0.join(".checkov.yaml")).expect("copy .checkov.yaml");
+            TreeCopy(scratch)
+        }
+
+        fn root(&self) -> &Path {
+            &self.0.0
         }
 
         /// Replaces the one occurrence of `from` in `file` with `to`.
         fn edit(&self, file: &str, from: &str, to: &str) {
-            let path = self.0.join(file);
+            let path = self.root().join(file);
             let text = std::fs::read_to_string(&path).expect("read");
             assert_eq!(text.matches(from).count(), 1, "`{from}` should occur once in {file}");
             std::fs::write(&path, text.replace(from, to)).expect("write");
@@ -175,13 +180,7 @@ mod tests {
 
         /// The error `validate_tree` gives for this copy, or a panic when the copy passes.
         fn failure(&self) -> String {
-            format!("{:#}", validate_tree(&self.0).expect_err("the broken tree passed validation"))
-        }
-    }
-
-    impl Drop for TreeCopy {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+            format!("{:#}", validate_tree(self.root()).expect_err("the broken tree passed validation"))
         }
     }
 
@@ -214,7 +213,7 @@ mod tests {
     #[test]
     fn the_copied_tree_passes() {
         tools();
-        validate_tree(&TreeCopy::new().0).expect("the repository's tree is valid");
+        validate_tree(TreeCopy::new().root()).expect("the repository's tree is valid");
     }
 
     #[test]

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::infra::ScratchDir;
@@ -161,8 +160,7 @@ fn prometheus_rules(dir: &Path) -> Result<Vec<RuleObject>> {
     let mut rules = Vec::new();
     for file in files_with_extension(dir, "yaml")? {
         let text = fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
-        for document in serde_norway::Deserializer::from_str(&text) {
-            let object = Value::deserialize(document).with_context(|| format!("parse {}", file.display()))?;
+        for super::Rendered { object, .. } in super::parse_documents(&file.display().to_string(), &text)? {
             if object["kind"] != "PrometheusRule" {
                 continue;
             }
@@ -180,15 +178,7 @@ fn files_with_extension(dir: &Path, extension: &str) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         return Ok(Vec::new());
     }
-    let mut files = Vec::new();
-    for entry in fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_file() && path.extension().is_some_and(|e| e == extension) {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
+    super::sorted_entries(dir, |path| path.is_file() && path.extension().is_some_and(|e| e == extension))
 }
 
 /// promtool on the PrometheusRules of `dir` and on the unit tests in `dir/tests`.
@@ -320,9 +310,7 @@ mod tests {
         metric_names(expr).into_iter().collect()
     }
 
-    fn workspace_root() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-    }
+    use crate::workspace_root;
 
     #[test]
     fn names_in_an_error_ratio() {

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, bail, ensure};
 
@@ -46,10 +45,7 @@ fn schemas_dir() -> PathBuf {
 /// Installs the pinned npm packages (`npm ci`) when node_modules is missing or older than package-lock.json.
 pub fn ensure_tools() -> anyhow::Result<()> {
     let dir = schemas_dir();
-    // Test processes run in parallel: one installs while the others wait on the lock.
-    let lock_path = std::env::temp_dir().join("xtask-schemas-npm-ci.lock");
-    let lock = std::fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
+    let _lock = crate::infra::install_lock("schemas-npm-ci")?;
     if is_installed(&dir) {
         return Ok(());
     }
@@ -80,7 +76,8 @@ pub fn validate(objects: &[Rendered]) -> anyhow::Result<Vec<String>> {
     let mut errors = Vec::new();
     if !builtin.is_empty() {
         let mut python = Command::new("python3");
-        python.arg(dir.join("validate-builtin.py")).args(["--kubernetes-version", KUBERNETES_VERSION]);
+        // -B: no __pycache__ written into the source tree.
+        python.arg("-B").arg(dir.join("validate-builtin.py")).args(["--kubernetes-version", KUBERNETES_VERSION]);
         errors.extend(run_validator(python, &builtin)?);
     }
     if !custom.is_empty() {
@@ -93,19 +90,12 @@ pub fn validate(objects: &[Rendered]) -> anyhow::Result<Vec<String>> {
 
 /// Runs one validator script on `objects` (written to a temporary JSON file passed as the last argument).
 fn run_validator(mut command: Command, objects: &[&Rendered]) -> anyhow::Result<Vec<String>> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let input = std::env::temp_dir().join(format!(
-        "xtask-validate-{}-{}.json",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let scratch = crate::infra::ScratchDir::new("validate")?;
+    let input = scratch.0.join("objects.json");
     let items: Vec<serde_json::Value> =
         objects.iter().map(|r| serde_json::json!({ "source": r.source, "object": r.object })).collect();
     std::fs::write(&input, serde_json::to_vec(&items)?).with_context(|| format!("writing {}", input.display()))?;
-    let output = command.arg(&input).output();
-    // Best effort: a leftover file in the temp dir is harmless.
-    let _ = std::fs::remove_file(&input);
-    let output = output.with_context(|| format!("running {command:?}"))?;
+    let output = command.arg(&input).output().with_context(|| format!("running {command:?}"))?;
     let lines: Vec<String> = String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect();
     let stderr = String::from_utf8_lossy(&output.stderr);
     match output.status.code() {

@@ -44,18 +44,8 @@ struct FailedCheck {
 /// An empty list means the scan passed; a scanner that cannot run or parse a manifest is an `Err`.
 pub fn scan(config: &Path, objects: &[Rendered]) -> Result<Vec<String>> {
     let checkov = ensure_checkov()?;
-    let dir = std::env::temp_dir().join(format!("xtask-checkov-{}-{}", std::process::id(), unique()));
-    std::fs::create_dir_all(&dir)?;
-    let result = write_and_scan(config, &checkov, &dir, objects);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-/// A number no other scan of this process uses (tests scan in parallel).
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    let scratch = crate::infra::ScratchDir::new("checkov")?;
+    write_and_scan(config, &checkov, &scratch.0, objects)
 }
 
 fn write_and_scan(config: &Path, checkov: &Path, dir: &Path, objects: &[Rendered]) -> Result<Vec<String>> {
@@ -113,10 +103,7 @@ fn ensure_checkov() -> Result<PathBuf> {
     let requirements = crate::workspace_root().join(REQUIREMENTS);
     let stamp = venv.join("requirements.txt");
     let wanted = std::fs::read(&requirements).with_context(|| format!("read {REQUIREMENTS}"))?;
-    // Parallel tests: one process installs while the others wait.
-    let lock_path = std::env::temp_dir().join("xtask-checkov-venv.lock");
-    let lock = std::fs::File::create(&lock_path).with_context(|| format!("create {}", lock_path.display()))?;
-    lock.lock().with_context(|| format!("lock {}", lock_path.display()))?;
+    let _lock = crate::infra::install_lock("checkov-venv")?;
     if std::fs::read(&stamp).ok().as_deref() != Some(wanted.as_slice()) {
         println!("xtask: installing checkov into {}", venv.display());
         let _ = std::fs::remove_dir_all(&venv);
