@@ -75,6 +75,29 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
+/// A fresh directory under the system's temp dir, removed with everything in it when dropped
+/// (also when the test panics).
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        let path = std::env::temp_dir().join(crate::ids::new_id(label));
+        std::fs::create_dir_all(&path).expect("create a temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A private Redis server that a test may stop and restart.
 #[derive(Debug)]
 pub struct RedisServer {
@@ -87,7 +110,7 @@ pub struct RedisServer {
 #[derive(Debug)]
 struct RedisTls {
     password: String,
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl RedisServer {
@@ -100,9 +123,8 @@ impl RedisServer {
     /// A server like ElastiCache with encryption in transit and AUTH: TLS only, with `password`.
     /// Its certificate (for `localhost`) is signed by a throwaway CA, written to [`Self::ca_file`].
     pub fn start_tls(password: &str) -> Self {
-        let dir = std::env::temp_dir().join(crate::ids::new_id("redis-tls"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        write_certificates(&dir);
+        let dir = TempDir::new("redis-tls");
+        write_certificates(dir.path());
         let tls = RedisTls { password: password.to_owned(), dir };
         let mut server = Self { port: free_port(), tls: Some(tls), child: None };
         server.restart();
@@ -119,7 +141,7 @@ impl RedisServer {
 
     /// The PEM file of the CA that signed a TLS server's certificate.
     pub fn ca_file(&self) -> Option<PathBuf> {
-        self.tls.as_ref().map(|tls| tls.dir.join("ca.pem"))
+        self.tls.as_ref().map(|tls| tls.dir.path().join("ca.pem"))
     }
 
     /// Kills the server (SIGKILL): connections drop as in a crash.
@@ -141,11 +163,11 @@ impl RedisServer {
             Some(tls) => command
                 .args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no", "--requirepass", &tls.password])
                 .arg("--tls-cert-file")
-                .arg(tls.dir.join("server.pem"))
+                .arg(tls.dir.path().join("server.pem"))
                 .arg("--tls-key-file")
-                .arg(tls.dir.join("server.key"))
+                .arg(tls.dir.path().join("server.key"))
                 .arg("--tls-ca-cert-file")
-                .arg(tls.dir.join("ca.pem")),
+                .arg(tls.dir.path().join("ca.pem")),
         };
         let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("redis-server on PATH");
         self.child = Some(child);
@@ -172,9 +194,6 @@ fn write_certificates(dir: &std::path::Path) {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
-        if let Some(tls) = &self.tls {
-            let _ = std::fs::remove_dir_all(&tls.dir);
-        }
     }
 }
 

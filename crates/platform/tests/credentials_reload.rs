@@ -54,9 +54,8 @@ async fn new_connections_follow_the_rotated_url_in_the_file() {
     admin(&database_url, format!("CREATE ROLE \"{old_role}\" LOGIN")).await;
     admin(&database_url, format!("CREATE ROLE \"{new_role}\" LOGIN")).await;
 
-    let dir = std::env::temp_dir().join(platform::ids::new_id("credentials"));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let url_file = dir.join("database-url");
+    let dir = platform::testkit::TempDir::new("credentials");
+    let url_file = dir.path().join("database-url");
     std::fs::write(&url_file, as_role(&database_url, &old_role)).expect("write");
     let config = config(&as_role(&database_url, &old_role), &url_file);
     let pool = pool(&config, "public").expect("pool");
@@ -76,7 +75,6 @@ async fn new_connections_follow_the_rotated_url_in_the_file() {
     std::fs::write(&url_file, "not a url").expect("write");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(pool.connect_options().get_username(), new_role);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test]

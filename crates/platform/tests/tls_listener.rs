@@ -11,9 +11,8 @@ use platform::testkit;
 async fn serves_https_with_the_configured_certificate_and_refuses_plain_http() {
     platform::cli::install_crypto_provider();
     let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
-    let dir = std::env::temp_dir().join(format!("quilla-tls-{}", platform::ids::new_id("test")));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let dir = testkit::TempDir::new("tls");
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&cert_path, generated.cert.pem()).expect("write cert");
     std::fs::write(&key_path, generated.signing_key.serialize_pem()).expect("write key");
 
@@ -43,5 +42,4 @@ async fn serves_https_with_the_configured_certificate_and_refuses_plain_http() {
 
     lifecycle.shutdown();
     server.await.expect("join").expect("clean shutdown");
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -83,14 +83,12 @@ async fn a_tls_redis_with_auth_is_reached_only_with_its_ca_and_password() {
     let redis = RedisServer::start_tls("auth-token-0123456789");
     let ca = redis.ca_file().expect("a TLS server has a CA");
     let database_url = platform::testkit::fresh_database().await;
-    let dir = std::env::temp_dir().join(platform::ids::new_id("redis-url"));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let (right, wrong) = (dir.join("right"), dir.join("wrong"));
+    let dir = platform::testkit::TempDir::new("redis-url");
+    let (right, wrong) = (dir.path().join("right"), dir.path().join("wrong"));
     std::fs::write(&right, format!("{}\n", redis.url())).expect("write");
     std::fs::write(&wrong, redis.url().replace("auth-token-0123456789", "not-the-token")).expect("write");
 
     assert_eq!(redis_check_of_the_binary(&database_url, &right, Some(&ca)).await, "up");
     assert_eq!(redis_check_of_the_binary(&database_url, &right, None).await, "down", "an untrusted certificate");
     assert_eq!(redis_check_of_the_binary(&database_url, &wrong, Some(&ca)).await, "down", "a wrong password");
-    std::fs::remove_dir_all(&dir).ok();
 }

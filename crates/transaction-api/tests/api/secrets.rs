@@ -81,9 +81,9 @@ async fn a_missing_secret_or_field_names_the_config_key() {
 
 #[tokio::test]
 async fn file_references_resolve_are_validated_and_stay_redacted() {
-    let dir = std::env::temp_dir().join(platform::ids::new_id("secret-files"));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let (database_file, key_file, short_file) = (dir.join("database-url"), dir.join("signing-key"), dir.join("short"));
+    let dir = platform::testkit::TempDir::new("secret-files");
+    let file = |name: &str| dir.path().join(name);
+    let (database_file, key_file, short_file) = (file("database-url"), file("signing-key"), file("short"));
     let password = "pa55-from-a-mounted-file";
     let signing_key = "signing-key-from-a-mounted-file-0123456789";
     std::fs::write(&database_file, format!("postgres://app:{password}@db:5432/quilla\n")).expect("write");
@@ -111,9 +111,8 @@ async fn file_references_resolve_are_validated_and_stay_redacted() {
     assert_eq!((error.key.as_str(), error.problem.as_str()), ("webhook.signing_key", "must be at least 32 characters"));
     assert!(!error.to_string().contains("too-short"), "{error}");
 
-    let mut missing = config_with(references(&dir.join("absent")));
+    let mut missing = config_with(references(&file("absent")));
     let error = resolve_references(&mut missing).await.expect_err("no such file");
     assert_eq!(error.key, "webhook.signing_key");
     assert!(error.problem.contains("cannot read the secret file"), "{error}");
-    std::fs::remove_dir_all(&dir).ok();
 }
