@@ -14,16 +14,21 @@
   outputs =
     { self, nixpkgs, crane, rust-overlay }:
     let
-      # EKS node architectures: x86_64, and Graviton (aarch64) for cost.
-      systems = [ "x86_64-linux" "aarch64-linux" ];
-      perSystem =
-        f: nixpkgs.lib.genAttrs systems (system: f (import ./nix/context.nix { inherit self nixpkgs crane rust-overlay system; }));
+      # x86_64 only: nothing builds, tests or publishes an arm64 image (nix/README.md, "Systems").
+      systems = [ "x86_64-linux" ];
+
+      # Each system's context (nixpkgs, toolchain, packages, images, checks, shell), evaluated
+      # once and shared by every output below.
+      contexts = nixpkgs.lib.genAttrs systems (
+        system: import ./nix/context.nix { inherit self nixpkgs crane rust-overlay system; }
+      );
+      perSystem = f: nixpkgs.lib.mapAttrs (_: f) contexts;
     in
     {
-      packages = perSystem (ctx: ctx.packages);
-      checks = perSystem (ctx: ctx.checks);
-      devShells = perSystem (ctx: { default = ctx.shell; });
-      apps = perSystem (ctx: ctx.apps);
-      formatter = perSystem (ctx: ctx.pkgs.nixfmt-rfc-style);
+      packages = perSystem (ctx: ctx.packages); # services, image-<service>, images
+      checks = perSystem (ctx: ctx.checks); # nix/checks.nix
+      apps = perSystem (ctx: ctx.apps); # push-images
+      devShells = perSystem (ctx: { default = ctx.shell; }); # nix/shell.nix
+      formatter = perSystem (ctx: ctx.formatter); # nixfmt-tree
     };
 }

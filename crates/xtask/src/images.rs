@@ -2,10 +2,12 @@
 //! `--check`: size, non-root user, no shell, and the binary running in an empty root.
 //!
 //! Each image holds exactly: the static binary, CA certificates, and passwd/group entries for
-//! the `nonroot` user 65532. Entries are sorted with fixed owners and timestamps, and gzip has no
-//! timestamp, so the same binary always gives the same digests. The Nix flake builds the same
-//! contents from musl binaries (see docs/adr/0005-distroless-images.md).
+//! the non-root user. Entries are sorted with fixed owners and timestamps, and gzip has no
+//! timestamp, so the same binary always gives the same digests. User, paths, env, ports, labels
+//! and health check come from nix/image.toml, which nix/images.nix reads too: the Nix flake builds
+//! the same image from musl binaries (see docs/adr/0005-distroless-images.md).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -23,10 +25,67 @@ const SIZE_LIMIT: u64 = 20 * 1024 * 1024;
 /// The size we aim for.
 const SIZE_GOAL: u64 = 12 * 1024 * 1024;
 const TARGET: &str = "x86_64-unknown-linux-gnu";
-const USER: &str = "65532:65532";
-const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
-/// Port every service listens on inside a pod (ROADMAP: the local ports only avoid clashes).
-const CONTAINER_PORT: u16 = 8080;
+/// Where the host's CA bundle is read from (Debian's ca-certificates).
+const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// nix/image.toml: the one description of every service image.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    pub user: u32,
+    pub group: u32,
+    pub user_name: String,
+    binary: String,
+    pub ca_bundle: String,
+    /// The API port every pod listens on.
+    pub port: u16,
+    /// The probes' and metrics' port.
+    pub admin_port: u16,
+    pub cmd: Vec<String>,
+    env: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    healthcheck: Healthcheck,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Healthcheck {
+    test: Vec<String>,
+    interval_seconds: u64,
+    timeout_seconds: u64,
+    retries: u32,
+}
+
+impl ImageSpec {
+    /// Reads nix/image.toml from the workspace.
+    pub fn load() -> Result<Self> {
+        let path = crate::workspace_root().join("nix/image.toml");
+        let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let spec: Self = toml::from_str(&text).with_context(|| format!("{}: invalid", path.display()))?;
+        ensure!(spec.user != 0 && spec.group != 0, "{}: the image user must not be root", path.display());
+        Ok(spec)
+    }
+
+    /// The binary's absolute path in `service`'s image.
+    pub fn binary(&self, service: &str) -> String {
+        self.binary.replace("{service}", service)
+    }
+
+    /// `KEY=value` pairs, sorted.
+    pub fn env(&self) -> Vec<String> {
+        self.env.iter().map(|(key, value)| format!("{key}={value}")).collect()
+    }
+
+    /// The health check's command for `service` (the `CMD` form, without the `CMD`).
+    pub fn healthcheck_command(&self, service: &str) -> Vec<String> {
+        let test = self.healthcheck.test.iter().map(|part| part.replace("{service}", service));
+        test.skip_while(|part| part == "CMD").collect()
+    }
+
+    fn user_spec(&self) -> String {
+        format!("{}:{}", self.user, self.group)
+    }
+}
 
 /// One image's numbers, for the size table.
 struct Built {
@@ -40,12 +99,13 @@ struct Built {
 
 pub fn run(args: &[String]) -> Result<()> {
     let check = args.iter().any(|a| a == "--check");
+    let spec = ImageSpec::load()?;
     let out = images_dir();
     let binaries = build_static_binaries()?;
     let mut built = Vec::new();
     for service in SERVICES.iter().map(|s| s.name) {
         let binary = binaries.join(service);
-        built.push(write_layout(service, &binary, &out.join(service))?);
+        built.push(write_layout(&spec, service, &binary, &out.join(service))?);
     }
     print_table(&built);
     if check {
@@ -58,7 +118,7 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 /// Where layouts go: beside the build cache, outside the clone.
-fn images_dir() -> PathBuf {
+pub fn images_dir() -> PathBuf {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
     target.join("oci")
@@ -86,34 +146,40 @@ struct Entry {
     contents: Vec<u8>,
 }
 
-fn layer_entries(service: &str, binary: &Path) -> Result<(Vec<&'static str>, Vec<Entry>)> {
+fn layer_entries(spec: &ImageSpec, service: &str, binary: &Path) -> Result<(Vec<String>, Vec<Entry>)> {
     let binary = fs::read(binary).with_context(|| format!("read {}", binary.display()))?;
-    let certificates =
-        fs::read(CA_BUNDLE).with_context(|| format!("{CA_BUNDLE} is missing: install the ca-certificates package"))?;
-    let dirs = vec!["etc/", "etc/ssl/", "etc/ssl/certs/", "usr/", "usr/local/", "usr/local/bin/"];
-    let entries = vec![
-        Entry { path: "etc/group".to_owned(), mode: 0o644, contents: b"root:x:0:\nnonroot:x:65532:\n".to_vec() },
-        Entry {
-            path: "etc/passwd".to_owned(),
-            mode: 0o644,
-            contents:
-                b"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n"
-                    .to_vec(),
-        },
-        Entry { path: "etc/ssl/certs/ca-certificates.crt".to_owned(), mode: 0o644, contents: certificates },
-        Entry { path: binary_path(service), mode: 0o755, contents: binary },
+    let certificates = fs::read(HOST_CA_BUNDLE)
+        .with_context(|| format!("{HOST_CA_BUNDLE} is missing: install the ca-certificates package"))?;
+    let (user, group, name) = (spec.user, spec.group, &spec.user_name);
+    let files = [
+        ("/etc/group".to_owned(), 0o644, format!("root:x:0:\n{name}:x:{group}:\n").into_bytes()),
+        (
+            "/etc/passwd".to_owned(),
+            0o644,
+            format!("root:x:0:0:root:/root:/sbin/nologin\n{name}:x:{user}:{group}:{name}:/home/{name}:/sbin/nologin\n")
+                .into_bytes(),
+        ),
+        (spec.ca_bundle.clone(), 0o644, certificates),
+        (spec.binary(service), 0o755, binary),
     ];
-    Ok((dirs, entries))
-}
-
-/// Where the binary lives in the image (relative to the root).
-fn binary_path(service: &str) -> String {
-    format!("usr/local/bin/{service}")
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut entries = Vec::new();
+    for (path, mode, contents) in files {
+        let relative = path.trim_start_matches('/').to_owned();
+        let mut parent = Path::new(&relative).parent();
+        while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(format!("{}/", dir.display()));
+            parent = dir.parent();
+        }
+        entries.push(Entry { path: relative, mode, contents });
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((dirs.into_iter().collect(), entries))
 }
 
 /// A reproducible tar of the layer: sorted paths, owner 0, mtime 0.
-fn layer_tar(service: &str, binary: &Path) -> Result<Vec<u8>> {
-    let (dirs, entries) = layer_entries(service, binary)?;
+fn layer_tar(spec: &ImageSpec, service: &str, binary: &Path) -> Result<Vec<u8>> {
+    let (dirs, entries) = layer_entries(spec, service, binary)?;
     let mut builder = tar::Builder::new(Vec::new());
     for dir in dirs {
         let mut header = tar::Header::new_ustar();
@@ -161,43 +227,43 @@ fn git_revision() -> String {
         .map_or_else(|| "unknown".to_owned(), |o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
 }
 
-fn write_layout(service: &'static str, binary: &Path, layout: &Path) -> Result<Built> {
+fn write_layout(spec: &ImageSpec, service: &'static str, binary: &Path, layout: &Path) -> Result<Built> {
     let _ = fs::remove_dir_all(layout);
     fs::create_dir_all(layout.join("blobs/sha256"))?;
-    let tar = layer_tar(service, binary)?;
+    let tar = layer_tar(spec, service, binary)?;
     let diff_id = format!("sha256:{}", sha256(&tar));
     let mut gzip = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
     gzip.write_all(&tar)?;
     let layer = write_blob(layout, "application/vnd.oci.image.layer.v1.tar+gzip", &gzip.finish()?)?;
-    let entrypoint = format!("/{}", binary_path(service));
-    let labels = json!({
+    let entrypoint = spec.binary(service);
+    let mut labels = json!({
         "org.opencontainers.image.title": service,
-        "org.opencontainers.image.source": "https://github.com/quilla/quilla",
         "org.opencontainers.image.revision": git_revision(),
         "org.opencontainers.image.version": env!("CARGO_PKG_VERSION"),
-        "org.opencontainers.image.licenses": "Apache-2.0",
     });
+    for (key, value) in &spec.labels {
+        labels[key] = json!(value);
+    }
+    let exposed: serde_json::Map<String, Value> =
+        [spec.port, spec.admin_port].iter().map(|port| (format!("{port}/tcp"), json!({}))).collect();
+    let healthcheck: Vec<String> =
+        spec.healthcheck.test.iter().map(|part| part.replace("{service}", service)).collect();
     let config = json!({
         "created": "1970-01-01T00:00:00Z",
         "architecture": "amd64",
         "os": "linux",
         "config": {
-            "User": USER,
+            "User": spec.user_spec(),
             "Entrypoint": [entrypoint],
-            "Cmd": ["serve"],
-            "Env": [
-                "PATH=/usr/local/bin",
-                format!("SSL_CERT_FILE={CA_BUNDLE}"),
-                format!("QUILLA_SERVER__PORT={CONTAINER_PORT}"),
-            ],
-            "ExposedPorts": { format!("{CONTAINER_PORT}/tcp"): {} },
-            "WorkingDir": "/",
+            "Cmd": spec.cmd,
+            "Env": spec.env(),
+            "ExposedPorts": exposed,
             "Labels": labels,
             "Healthcheck": {
-                "Test": ["CMD", entrypoint, "healthcheck"],
-                "Interval": 10_000_000_000u64,
-                "Timeout": 3_000_000_000u64,
-                "Retries": 3,
+                "Test": healthcheck,
+                "Interval": spec.healthcheck.interval_seconds * 1_000_000_000,
+                "Timeout": spec.healthcheck.timeout_seconds * 1_000_000_000,
+                "Retries": spec.healthcheck.retries,
             },
         },
         "rootfs": { "type": "layers", "diff_ids": [diff_id] },
@@ -265,40 +331,67 @@ fn read_blob(layout: &Path, descriptor: &Value) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Checks one layout: integrity, size, user, no shell, and the binary running in an empty root.
-pub fn check_image(service: &str, layout: &Path) -> Result<()> {
+/// An image unpacked into a directory, as a container runtime lays out its root filesystem.
+pub struct Unpacked {
+    /// The image config (`User`, `Env`, `Entrypoint`, `Cmd`, `ExposedPorts`, ...).
+    pub config: Value,
+    /// Every path in the layers.
+    pub paths: Vec<PathBuf>,
+    /// Bytes of index entry, config and compressed layers.
+    pub compressed: u64,
+}
+
+/// Verifies every blob of `layout` against its digest and unpacks its layers into `root`.
+pub fn unpack(layout: &Path, root: &Path) -> Result<Unpacked> {
     let index = read_json(&layout.join("index.json"))?;
     let manifest: Value = serde_json::from_slice(&read_blob(layout, &index["manifests"][0])?)?;
     let config: Value = serde_json::from_slice(&read_blob(layout, &manifest["config"])?)?;
     let layers = manifest["layers"].as_array().context("manifest without layers")?;
-
     let mut compressed = index["manifests"][0]["size"].as_u64().unwrap_or_default()
         + manifest["config"]["size"].as_u64().unwrap_or_default();
-    let root = ScratchDir::new("image")?;
+    let mut paths = Vec::new();
     for layer in layers {
         let blob = read_blob(layout, layer)?;
         compressed += blob.len() as u64;
-        let mut tar_bytes = Vec::new();
-        flate2::read::GzDecoder::new(blob.as_slice()).read_to_end(&mut tar_bytes)?;
-        let mut archive = tar::Archive::new(tar_bytes.as_slice());
-        for entry in archive.entries()? {
-            let path = entry?.path()?.into_owned();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            ensure!(
-                !matches!(name, "sh" | "bash" | "ash" | "busybox"),
-                "{service}: the image contains a shell: {}",
-                path.display()
-            );
+        // Ours are gzip; a layout skopeo made from a docker archive (the Nix images) has plain tar.
+        let tar_bytes = match layer["mediaType"].as_str().unwrap_or_default() {
+            "application/vnd.oci.image.layer.v1.tar+gzip" | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+                let mut tar_bytes = Vec::new();
+                flate2::read::GzDecoder::new(blob.as_slice()).read_to_end(&mut tar_bytes)?;
+                tar_bytes
+            }
+            "application/vnd.oci.image.layer.v1.tar" | "application/vnd.docker.image.rootfs.diff.tar" => blob,
+            other => bail!("layer media type `{other}` is not supported"),
+        };
+        for entry in tar::Archive::new(tar_bytes.as_slice()).entries()? {
+            paths.push(entry?.path()?.into_owned());
         }
-        tar::Archive::new(tar_bytes.as_slice()).unpack(&root.0)?;
+        let mut archive = tar::Archive::new(tar_bytes.as_slice());
+        archive.set_preserve_permissions(true);
+        archive.unpack(root)?;
+    }
+    Ok(Unpacked { config: config["config"].clone(), paths, compressed })
+}
+
+/// Checks one layout: integrity, size, user, no shell, and the binary running in an empty root.
+pub fn check_image(service: &str, layout: &Path) -> Result<()> {
+    let root = ScratchDir::new("image")?;
+    let Unpacked { config, paths, compressed } = unpack(layout, &root.0)?;
+    for path in &paths {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        ensure!(
+            !matches!(name, "sh" | "bash" | "ash" | "dash" | "zsh" | "ksh" | "busybox"),
+            "{service}: the image contains a shell: {}",
+            path.display()
+        );
     }
     ensure!(compressed < SIZE_LIMIT, "{service}: image is {} compressed, over the 20 MiB limit", mib(compressed));
-    let user = config["config"]["User"].as_str().unwrap_or_default();
+    let user = config["User"].as_str().unwrap_or_default();
     let uid = user.split(':').next().unwrap_or_default();
     ensure!(!uid.is_empty() && uid != "0" && uid != "root", "{service}: the image runs as root (User {user:?})");
     ensure!(!root.0.join("bin/sh").exists() && !root.0.join("usr/bin/sh").exists(), "{service}: /bin/sh present");
 
-    let entrypoint = config["config"]["Entrypoint"][0].as_str().context("no entrypoint")?;
+    let entrypoint = config["Entrypoint"][0].as_str().context("no entrypoint")?;
     let version = run_in_empty_root(&root.0, entrypoint, "--version")?;
     ensure!(version.0 == Some(0), "{service} --version failed in an empty root: {}", version.2);
     ensure!(
