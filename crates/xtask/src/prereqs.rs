@@ -43,7 +43,9 @@ pub fn ensure(needs: Needs) -> Result<()> {
         missing_apt.push("nodejs");
     }
     let missing_python_tools = needs.python_tools
-        && ["moto_server", "yamllint", "kubectl", "kubernetes-validate"].iter().any(|tool| which(tool).is_none());
+        && ["moto_server", "yamllint", "kubectl", "kubernetes-validate", "zizmor"]
+            .iter()
+            .any(|tool| which(tool).is_none());
     if missing_apt.is_empty() && !missing_python_tools {
         return Ok(());
     }
@@ -78,7 +80,9 @@ fn print_instructions(apt: &[&str], python_tools: bool) {
         eprintln!("  Nix:           nix shell {}   (or: nix develop)", nix.join(" "));
     }
     if python_tools {
-        eprintln!("  moto, yamllint, kubectl, kubernetes-validate: python3 -m pip install -r .ci/requirements.txt");
+        eprintln!(
+            "  moto, yamllint, zizmor, kubectl, kubernetes-validate: python3 -m pip install -r .ci/requirements.txt"
+        );
     }
 }
 
