@@ -16,6 +16,8 @@ pub const DEFAULTS: &str = include_str!("../config/default.toml");
 pub struct Config {
     pub server: ServerConfig,
     pub telemetry: TelemetryConfig,
+    /// Optional as a section: `aws.region` has no default (see AwsConfig).
+    #[serde(default)]
     pub aws: AwsConfig,
     pub database: DatabaseConfig,
     pub webhook: WebhookConfig,
@@ -79,7 +81,7 @@ mod tests {
     #[test]
     fn defaults_load_once_the_signing_key_is_set() {
         let config = with("[webhook]\nsigning_key = \"k\"\n").expect("valid");
-        assert_eq!(config.server.port, 8081);
+        assert_eq!(config.server.port, 8080);
         assert_eq!((config.pagination.default_limit, config.pagination.max_limit), (20, 100));
     }
 

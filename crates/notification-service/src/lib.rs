@@ -15,6 +15,7 @@ pub const SERVICE: &str = "notification-service";
 /// The PostgreSQL schema this service owns.
 pub const SCHEMA: &str = "notifications";
 
+/// Applied by `notification-service migrate` (the migration Job, as the migration role) or, locally, at start.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(OpenApi)]
@@ -36,6 +37,7 @@ pub async fn build(config: &Config, _lifecycle: &Lifecycle) -> anyhow::Result<Se
     platform::metrics::install(&[]);
     let pool = platform::db::pool(&config.database, SCHEMA)?;
     platform::db::reload_credentials(&pool, &config.database, SCHEMA, platform::db::CREDENTIALS_RELOAD_INTERVAL);
+    // Local runs migrate here; clusters serve as a role that cannot, and migrate in a Job.
     if config.database.migrate_on_start {
         platform::db::migrate(&pool, SCHEMA, &MIGRATOR)
             .await

@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-use notification_service::{Config, DEFAULTS, SERVICE, build};
+use notification_service::{Config, DEFAULTS, MIGRATOR, SCHEMA, SERVICE, build};
+use platform::cli::Migrations;
 
 fn main() -> ExitCode {
-    platform::cli::main::<Config, _>(SERVICE, DEFAULTS, build)
+    platform::cli::main::<Config, _>(SERVICE, DEFAULTS, build, Migrations { schema: SCHEMA, migrator: &MIGRATOR })
 }

@@ -1,4 +1,5 @@
-//! The command line every service binary shares: serve, healthcheck, --print-config, --version.
+//! The command line every service binary shares: serve, migrate, healthcheck, --print-config,
+//! --version.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -13,7 +14,9 @@ usage: {name} [COMMAND]
 
 commands:
   serve            run the service (default)
+  migrate          apply the database migrations as the role in database.url, then exit
   healthcheck      exit 0 if the local service answers GET /health with 200
+                   (on the admin port when set; HTTPS when server.tls is set)
   --print-config   print the effective configuration (secrets redacted) and exit
   --version, -V    print the version and exit
   --help, -h       print this help
@@ -21,9 +24,17 @@ commands:
 configuration: embedded defaults, then the TOML file in $QUILLA_CONFIG, then
 environment variables QUILLA_<SECTION>__<KEY> (e.g. QUILLA_SERVER__PORT=9000).";
 
+/// A service's schema and its embedded migrations, for `migrate`.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    pub schema: &'static str,
+    pub migrator: &'static sqlx::migrate::Migrator,
+}
+
 /// Runs a service binary: parses the command line, loads the config and, for `serve`, calls
-/// `build` (with secrets resolved) and serves the result until shutdown.
-pub fn main<C, B>(name: &'static str, defaults: &'static str, build: B) -> ExitCode
+/// `build` (with secrets resolved) and serves the result until shutdown; for `migrate`, applies
+/// `migrations` and exits.
+pub fn main<C, B>(name: &'static str, defaults: &'static str, build: B, migrations: Migrations) -> ExitCode
 where
     C: ServiceConfig,
     B: AsyncFnOnce(&C, &Lifecycle) -> anyhow::Result<Service>,
@@ -51,11 +62,17 @@ where
             Err(code) => code,
         },
         "healthcheck" => match load::<C>(name, defaults) {
-            Ok(config) => healthcheck(config.sections().server.port),
+            Ok(config) => healthcheck(config.sections().server),
             Err(code) => code,
         },
         "serve" => match load::<C>(name, defaults) {
             Ok(config) => serve(name, config, build),
+            Err(code) => code,
+        },
+        "migrate" => match load::<MigrationConfig>(name, defaults) {
+            Ok(config) => execute(name, "migrate", config, async move |config: &MigrationConfig| {
+                crate::db::run_migrations(&config.database, migrations.schema, migrations.migrator).await
+            }),
             Err(code) => code,
         },
         other => {
@@ -65,6 +82,41 @@ where
     }
 }
 
+/// What `migrate` reads of a service's configuration. The other sections (cache, webhook keys…)
+/// are ignored, neither required nor validated, so the migration Job is given no credential but
+/// the migration role's (docs/adr/0008).
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+struct MigrationConfig {
+    #[serde(deserialize_with = "without_listener_tls")]
+    server: config::ServerConfig,
+    telemetry: config::TelemetryConfig,
+    #[serde(default)]
+    aws: config::AwsConfig,
+    database: config::DatabaseConfig,
+}
+
+impl ServiceConfig for MigrationConfig {
+    fn sections(&self) -> config::Sections<'_> {
+        config::Sections { server: &self.server, telemetry: &self.telemetry, aws: &self.aws }
+    }
+
+    fn secrets_mut(&mut self) -> Vec<(&'static str, &mut crate::Secret)> {
+        vec![("database.url", &mut self.database.url)]
+    }
+
+    fn validate(&self) -> Result<(), config::ConfigError> {
+        self.database.validate()
+    }
+}
+
+/// `migrate` listens on nothing, so the listener's certificate files (which the migration Job does
+/// not mount) are neither needed nor checked.
+fn without_listener_tls<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<config::ServerConfig, D::Error> {
+    let mut server = <config::ServerConfig as serde::Deserialize>::deserialize(deserializer)?;
+    server.tls = None;
+    Ok(server)
+}
+
 fn load<C: ServiceConfig>(name: &str, defaults: &'static str) -> Result<C, ExitCode> {
     config::load(&Sources::from_process(defaults)).map_err(|error| {
         eprintln!("{name}: {error}");
@@ -72,10 +124,24 @@ fn load<C: ServiceConfig>(name: &str, defaults: &'static str) -> Result<C, ExitC
     })
 }
 
-fn serve<C, B>(name: &'static str, mut config: C, build: B) -> ExitCode
+fn serve<C, B>(name: &'static str, config: C, build: B) -> ExitCode
 where
     C: ServiceConfig,
     B: AsyncFnOnce(&C, &Lifecycle) -> anyhow::Result<Service>,
+{
+    execute(name, "serve", config, async move |config: &C| {
+        let lifecycle = Lifecycle::new();
+        lifecycle.shutdown_on_signals();
+        run(config, lifecycle, build).await
+    })
+}
+
+/// Runs `command`'s `work` with telemetry, an async runtime and the config's secret references
+/// resolved; any failure is logged and mapped to the exit status.
+fn execute<C, W>(name: &'static str, command: &'static str, mut config: C, work: W) -> ExitCode
+where
+    C: ServiceConfig,
+    W: AsyncFnOnce(&C) -> anyhow::Result<()>,
 {
     install_crypto_provider();
     if let Err(message) = crate::telemetry::init(name, config.sections().telemetry) {
@@ -95,14 +161,12 @@ where
             eprintln!("{name}: {error}");
             return ExitCode::from(78);
         }
-        let lifecycle = Lifecycle::new();
-        lifecycle.shutdown_on_signals();
-        let result = run(&config, lifecycle, build).await;
+        let result = work(&config).await;
         tokio::task::spawn_blocking(crate::telemetry::shutdown).await.ok();
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                tracing::error!(error = format!("{error:#}"), "service failed");
+                tracing::error!(command, error = format!("{error:#}"), "{name} {command} failed");
                 eprintln!("{name}: {error:#}");
                 ExitCode::FAILURE
             }
@@ -116,10 +180,9 @@ where
     B: AsyncFnOnce(&C, &Lifecycle) -> anyhow::Result<Service>,
 {
     let server = config.sections().server;
-    let listener = std::net::TcpListener::bind((server.host, server.port))
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", server.host, server.port))?;
+    let listeners = crate::server::Listeners::bind(server)?;
     let service = build(config, &lifecycle).await?;
-    crate::server::serve(service, server.clone(), listener, lifecycle).await
+    crate::server::serve(service, server.clone(), listeners, lifecycle).await
 }
 
 /// rustls needs one process-wide crypto provider when several are compiled in; we use ring.
@@ -127,15 +190,27 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Distroless images have no curl: the binary checks itself. Plain HTTP on loopback.
-fn healthcheck(port: u16) -> ExitCode {
-    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let attempt = || -> std::io::Result<String> {
+/// Distroless images have no curl: the binary checks itself, on the port that serves `/health`
+/// (the admin port when there is one), over HTTPS when the listener speaks it.
+fn healthcheck(server: &crate::config::ServerConfig) -> ExitCode {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, server.admin_port.unwrap_or(server.port)));
+    let attempt = || -> Result<String, Box<dyn std::error::Error>> {
         let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
         stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-        stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        stream.set_write_timeout(Some(Duration::from_secs(3)))?;
+        let request = b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
         let mut head = [0u8; 64];
-        let read = stream.read(&mut head)?;
+        let read = match &server.tls {
+            None => {
+                stream.write_all(request)?;
+                stream.read(&mut head)?
+            }
+            Some(tls) => {
+                let mut tls = crate::tls::pinned_client(&tls.cert_path, stream)?;
+                tls.write_all(request)?;
+                tls.read(&mut head)?
+            }
+        };
         Ok(String::from_utf8_lossy(&head[..read]).into_owned())
     };
     match attempt() {

@@ -24,6 +24,39 @@ pub struct ClientConfig {
     pub breaker_failure_threshold: u32,
     #[serde(with = "humantime_serde")]
     pub breaker_open_for: Duration,
+    /// PEM file of the CA that signs the dependency's certificate (the in-cluster CA). When set,
+    /// only this CA is trusted and plain `http://` URLs are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_path: Option<std::path::PathBuf>,
+}
+
+impl ClientConfig {
+    /// Checks what types cannot; `key` is where this config sits (e.g. `webhook.client`).
+    pub fn validate(&self, key: &str) -> Result<(), crate::config::ConfigError> {
+        if self.max_attempts == 0 {
+            return Err(crate::config::ConfigError::new(format!("{key}.max_attempts"), "must be at least 1"));
+        }
+        if let Some(path) = &self.ca_path
+            && !path.is_file()
+        {
+            return Err(crate::config::ConfigError::new(
+                format!("{key}.ca_path"),
+                format!("file {} does not exist", path.display()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why a client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error("cannot read the CA file {path}: {source}")]
+    CaFile { path: std::path::PathBuf, source: std::io::Error },
+    #[error("the CA file {0} holds no PEM certificate")]
+    NoCertificate(std::path::PathBuf),
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
 }
 
 /// Why a call failed after all attempts.
@@ -47,13 +80,24 @@ pub struct ResilientClient {
 }
 
 impl ResilientClient {
-    pub fn new(name: &'static str, config: ClientConfig) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+    pub fn new(name: &'static str, config: ClientConfig) -> Result<Self, ClientBuildError> {
+        let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .pool_idle_timeout(Duration::from_secs(30))
-            .user_agent(concat!("quilla-platform/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            // A dependency that redirects is misconfigured or compromised: never follow it
+            // somewhere else with our signed payload.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("quilla-platform/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.ca_path {
+            let pem = std::fs::read(path).map_err(|source| ClientBuildError::CaFile { path: path.clone(), source })?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)?;
+            if certificates.is_empty() {
+                return Err(ClientBuildError::NoCertificate(path.clone()));
+            }
+            builder = builder.tls_certs_only(certificates).https_only(true);
+        }
+        let http = builder.build()?;
         let breaker = CircuitBreaker::new(name, config.breaker_failure_threshold, config.breaker_open_for);
         Ok(Self { name, http, config, breaker })
     }
@@ -183,6 +227,7 @@ mod tests {
             backoff_max: Duration::from_millis(1),
             breaker_failure_threshold: 10,
             breaker_open_for: Duration::from_secs(1),
+            ca_path: None,
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         // The recorder is local to this thread, and the current-thread runtime polls the call on it.

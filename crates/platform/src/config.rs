@@ -1,8 +1,10 @@
-//! Layered, typed service configuration: embedded defaults, then an optional file, then env vars.
+//! Layered, typed service configuration: embedded defaults, then optional files, then env vars.
 //!
 //! Precedence (last wins):
 //! 1. the service's `config/default.toml`, compiled into the binary;
-//! 2. the TOML file named by `QUILLA_CONFIG`, if set (Kubernetes mounts the overlay's ConfigMap here);
+//! 2. the TOML files named by `QUILLA_CONFIG`, if set, in order (a `:`-separated list, as `PATH`
+//!    is). Kubernetes mounts two from the service's ConfigMap: what every pod shares (the base's
+//!    `config.toml`), then what its environment changes (`environment.toml`);
 //! 3. environment variables `QUILLA_<SECTION>__<KEY>` (`__` separates nesting levels, e.g.
 //!    `QUILLA_DATABASE__MAX_CONNECTIONS=20`). Only names containing `__` are read, so unrelated
 //!    `QUILLA_*` variables (such as `QUILLA_CONFIG` itself) never leak into the config.
@@ -24,7 +26,7 @@ use crate::secret::Secret;
 
 /// Prefix of every environment variable that overrides configuration.
 pub const ENV_PREFIX: &str = "QUILLA_";
-/// Environment variable naming an optional override file.
+/// Environment variable naming optional override files (`:`-separated, applied in order).
 pub const CONFIG_FILE_ENV: &str = "QUILLA_CONFIG";
 
 /// A configuration problem, always tied to the key it concerns.
@@ -74,7 +76,8 @@ pub trait ServiceConfig: DeserializeOwned + Serialize + fmt::Debug + Send + Sync
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
     pub defaults: &'static str,
-    pub file: Option<PathBuf>,
+    /// Override files, applied in order.
+    pub files: Vec<PathBuf>,
     /// Read `QUILLA_*__*` environment variables.
     pub env: bool,
     /// Extra TOML applied last (tests use it to point at their database and ports).
@@ -84,19 +87,22 @@ pub struct Sources {
 impl Sources {
     /// Defaults plus one TOML layer, ignoring the process environment (tests and tools).
     pub fn overridden(defaults: &'static str, overrides: impl Into<String>) -> Self {
-        Self { defaults, file: None, env: false, overrides: Some(overrides.into()) }
+        Self { defaults, files: Vec::new(), env: false, overrides: Some(overrides.into()) }
     }
 
     /// The production layering: embedded defaults, `$QUILLA_CONFIG`, environment.
     pub fn from_process(defaults: &'static str) -> Self {
-        Self { defaults, file: std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from), env: true, overrides: None }
+        let files = std::env::var_os(CONFIG_FILE_ENV)
+            .map(|list| std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty()).collect())
+            .unwrap_or_default();
+        Self { defaults, files, env: true, overrides: None }
     }
 }
 
 /// Loads and validates a service config from its sources.
 pub fn load<C: ServiceConfig>(sources: &Sources) -> Result<C, ConfigError> {
     let mut figment = Figment::from(Toml::string(sources.defaults));
-    if let Some(path) = &sources.file {
+    for path in &sources.files {
         if !path.is_file() {
             return Err(ConfigError::new(
                 CONFIG_FILE_ENV,
@@ -160,7 +166,13 @@ pub fn render_redacted<C: ServiceConfig>(config: &C) -> String {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub host: IpAddr,
+    /// The API listener.
     pub port: u16,
+    /// When set, `/health`, `/ready`, `/metrics` and `/openapi.json` are served on this port
+    /// only, never on `port`, so the internet-facing route to the API cannot reach them. Unset,
+    /// they share the API listener (local runs and tests). Images set it (nix/image.toml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_port: Option<u16>,
     /// A request that takes longer is answered 503 and its work is cancelled.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -187,6 +199,9 @@ impl ServerConfig {
         if self.body_limit_bytes == 0 {
             return Err(ConfigError::new("server.body_limit_bytes", "must be greater than zero"));
         }
+        if self.admin_port.is_some_and(|admin| admin == self.port && admin != 0) {
+            return Err(ConfigError::new("server.admin_port", format!("must differ from server.port ({})", self.port)));
+        }
         if let Some(tls) = &self.tls {
             for (key, path) in [("server.tls.cert_path", &tls.cert_path), ("server.tls.key_path", &tls.key_path)] {
                 if !path.is_file() {
@@ -198,7 +213,9 @@ impl ServerConfig {
     }
 }
 
-/// PEM files for the optional HTTPS listener.
+/// PEM files for the optional HTTPS listeners (API and admin). Both files are re-read
+/// periodically, so a certificate renewed in place (cert-manager rewrites the mounted Secret)
+/// is served without a restart.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -228,10 +245,15 @@ pub struct TelemetryConfig {
 }
 
 /// AWS settings for Secrets Manager references.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsConfig {
-    pub region: String,
+    /// The region whose Secrets Manager `aws-sm://` references read. No default: a binary that
+    /// guessed one would read another country's secrets when an environment forgot to set it,
+    /// so a reference without it is a startup error, and `cargo xtask validate` requires every
+    /// environment to set its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// Custom endpoint (an emulator in tests); empty means the real AWS endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_url: Option<String>,
@@ -242,8 +264,12 @@ pub struct AwsConfig {
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub url: Secret,
-    /// `disable`, `prefer`, `require`, `verify-ca` or `verify-full`; prod overlays use `require` or stricter.
+    /// `disable`, `prefer`, `require`, `verify-ca` or `verify-full`; clusters use `verify-full`.
     pub ssl_mode: SslMode,
+    /// PEM bundle of the CAs that may sign the server's certificate (the region's RDS bundle in
+    /// clusters). Required by `verify-ca` and `verify-full`; the file must exist when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_root_cert: Option<PathBuf>,
     pub max_connections: u32,
     pub min_connections: u32,
     #[serde(with = "humantime_serde")]
@@ -262,6 +288,23 @@ impl DatabaseConfig {
         }
         if self.min_connections > self.max_connections {
             return Err(ConfigError::new("database.min_connections", "must not exceed database.max_connections"));
+        }
+        match &self.ssl_root_cert {
+            Some(path) if !path.is_file() => {
+                return Err(ConfigError::new(
+                    "database.ssl_root_cert",
+                    format!("file {} does not exist", path.display()),
+                ));
+            }
+            // sqlx would otherwise check the server against its compiled-in public roots, which
+            // RDS's CAs are not among: name the bundle explicitly (docs/adr/0008).
+            None if matches!(self.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) => {
+                return Err(ConfigError::new(
+                    "database.ssl_root_cert",
+                    "is required with ssl_mode verify-ca or verify-full: the PEM bundle of the CAs that sign the server's certificate",
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -347,7 +390,7 @@ mod tests {
 
     fn load_in(jail: &Jail, file: Option<&str>) -> Result<TestConfig, ConfigError> {
         let file = file.map(|name| jail.directory().join(name));
-        load(&Sources { defaults: DEFAULTS, file, env: true, overrides: None })
+        load(&Sources { defaults: DEFAULTS, files: file.into_iter().collect(), env: true, overrides: None })
     }
 
     proptest! {
@@ -371,7 +414,7 @@ mod tests {
                 let expected_port = env_port.or(file_port).unwrap_or(8000);
                 assert_eq!(config.server.port, expected_port);
                 assert_eq!(config.database.max_connections, env_pool.unwrap_or(5));
-                assert_eq!(config.aws.region, "eu-south-2", "untouched keys keep their default");
+                assert_eq!(config.aws.region.as_deref(), Some("eu-south-2"), "untouched keys keep their default");
                 Ok(())
             });
         }
@@ -402,6 +445,22 @@ mod tests {
     }
 
     #[test]
+    fn config_files_apply_in_the_order_listed_and_each_keeps_what_the_next_does_not_set() {
+        Jail::expect_with(|jail| {
+            jail.create_file("base.toml", "[server]\nport = 8100\nbody_limit_bytes = 2048\n")?;
+            jail.create_file("environment.toml", "[server]\nport = 8200\n")?;
+            jail.set_env(CONFIG_FILE_ENV, "base.toml:environment.toml");
+            let config: TestConfig = load(&Sources::from_process(DEFAULTS)).map_err(|e| e.to_string())?;
+            assert_eq!(config.server.port, 8200, "the later file wins");
+            assert_eq!(config.server.body_limit_bytes, 2048, "the earlier file's other keys stay");
+            jail.set_env(CONFIG_FILE_ENV, "base.toml:absent.toml");
+            let error = load::<TestConfig>(&Sources::from_process(DEFAULTS)).expect_err("a listed file is missing");
+            assert!(error.key == CONFIG_FILE_ENV && error.problem.contains("absent.toml"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn missing_file_and_cross_field_errors_name_the_key() {
         Jail::expect_with(|jail| {
             let error = load_in(jail, Some("absent.toml")).expect_err("missing file");
@@ -423,6 +482,28 @@ mod tests {
                 assert!(!text.contains("s3cr3t-password"), "{text}");
             }
             assert!(printed.contains("[REDACTED]") && printed.contains("port = 8000"), "{printed}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn verified_database_tls_needs_an_existing_ca_bundle() {
+        Jail::expect_with(|jail| {
+            jail.set_env("QUILLA_DATABASE__SSL_MODE", "verify-full");
+            let error = load_in(jail, None).expect_err("verify-full without a bundle");
+            assert_eq!(error.key, "database.ssl_root_cert", "{error}");
+            let absent = jail.directory().join("absent.pem");
+            jail.set_env("QUILLA_DATABASE__SSL_ROOT_CERT", absent.display().to_string());
+            let error = load_in(jail, None).expect_err("a bundle that does not exist");
+            assert_eq!(error.key, "database.ssl_root_cert");
+            assert!(error.problem.contains("absent.pem"), "{error}");
+            jail.create_file("rds-ca.pem", "-----BEGIN CERTIFICATE-----\n")?;
+            jail.set_env("QUILLA_DATABASE__SSL_ROOT_CERT", jail.directory().join("rds-ca.pem").display().to_string());
+            for mode in ["verify-full", "verify-ca"] {
+                jail.set_env("QUILLA_DATABASE__SSL_MODE", mode);
+                let config = load_in(jail, None).map_err(|e| e.to_string())?;
+                assert!(config.database.ssl_root_cert.is_some_and(|path| path.ends_with("rds-ca.pem")));
+            }
             Ok(())
         });
     }

@@ -1,12 +1,15 @@
-//! PostgreSQL: a pool bound to the service's own schema, TLS mode from config, credentials re-read
-//! from their file after a rotation, embedded migrations.
+//! PostgreSQL: a pool bound to the service's own schema, TLS mode and CA bundle from config,
+//! credentials re-read from their file after a rotation, embedded migrations run as the schema's
+//! owner. The roles and grants themselves are in [`roles`] (docs/adr/0008).
+
+pub mod roles;
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::config::{ConfigError, DatabaseConfig, SslMode};
 
@@ -22,8 +25,8 @@ pub fn pool(config: &DatabaseConfig, schema: &'static str) -> Result<PgPool, Con
         .connect_lazy_with(options))
 }
 
-/// How often a database URL read from a file is read again: RDS rotates the master user's
-/// password, and the ExternalSecret and the kubelet bring the new URL into the mounted file.
+/// How often a database URL read from a file is read again: Secrets Manager rotates the service
+/// role's password, and the ExternalSecret and the kubelet bring the new URL into the mounted file.
 pub const CREDENTIALS_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
 
 /// When `database.url` came from a `file://` reference, reads that file every `interval` and
@@ -65,34 +68,79 @@ pub fn reload_credentials(pool: &PgPool, config: &DatabaseConfig, schema: &'stat
     });
 }
 
-/// Connection settings for `url`: the configured TLS mode and statement timeout, `schema` as the
-/// search path and application name.
+/// Connection settings for `url`: the configured TLS mode, CA bundle and statement timeout,
+/// `schema` as the search path and application name.
 fn connect_options(config: &DatabaseConfig, schema: &'static str, url: &str) -> Result<PgConnectOptions, ConfigError> {
-    Ok(PgConnectOptions::from_str(url)
+    let mut options = PgConnectOptions::from_str(url)
         .map_err(|e| ConfigError::new("database.url", format!("not a valid PostgreSQL URL: {}", redact_url_error(&e))))?
         .ssl_mode(ssl_mode(config.ssl_mode))
         .application_name(schema)
         .options([
             ("search_path", schema.to_owned()),
             ("statement_timeout", config.statement_timeout.as_millis().to_string()),
-        ]))
+        ]);
+    if let Some(bundle) = &config.ssl_root_cert {
+        options = options.ssl_root_cert(bundle);
+    }
+    Ok(options)
 }
 
-/// Creates the service schema if needed and applies the embedded migrations.
+/// `<service> migrate`: applies `migrator` to `schema` with the role in `database.url` (in
+/// clusters the service's migration role, from the migration Job) and closes the connection.
+pub async fn run_migrations(config: &DatabaseConfig, schema: &'static str, migrator: &Migrator) -> anyhow::Result<()> {
+    let pool = pool(&DatabaseConfig { max_connections: 1, min_connections: 0, ..config.clone() }, schema)?;
+    let result = migrate(&pool, schema, migrator).await;
+    pool.close().await;
+    result.map_err(|e| anyhow::anyhow!("cannot migrate the `{schema}` schema: {e}"))
+}
+
+/// Applies the embedded migrations to `schema`, as the role that owns it.
 ///
-/// The migrations table lives in the service's schema too, so services never see each other's
-/// history. sqlx serialises concurrent runs (several replicas starting) with an advisory lock.
+/// In clusters the schema exists, owned by the service's owner role, and the migration role (a
+/// member of it) connects: the session switches to the owner (`SET ROLE`) so that every table is
+/// the owner's and its default privileges grant the serving role DML on it. Where the schema does
+/// not exist yet (local runs and tests, as a superuser) it is created. The migrations table lives
+/// in the service's schema too, so services never see each other's history. sqlx serialises
+/// concurrent runs with an advisory lock.
 pub async fn migrate(pool: &PgPool, schema: &'static str, migrator: &Migrator) -> Result<(), sqlx::Error> {
-    // `schema` is a compile-time constant of the calling service, never user input.
-    let statement = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
-    if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(statement)).execute(pool).await {
-        // Two replicas racing on CREATE SCHEMA: the loser sees a unique violation; the schema exists.
-        let raced = error.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "23505");
-        if !raced {
-            return Err(error);
+    // A connection of its own, closed afterwards, so the role switch never reaches the pool.
+    let mut connection = pool.acquire().await?.detach();
+    let result = migrate_on(&mut connection, schema, migrator).await;
+    let _ = connection.close().await;
+    result
+}
+
+async fn migrate_on(
+    connection: &mut PgConnection,
+    schema: &'static str,
+    migrator: &Migrator,
+) -> Result<(), sqlx::Error> {
+    let owner: Option<String> =
+        sqlx::query_scalar("SELECT pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = $1")
+            .bind(schema)
+            .fetch_optional(&mut *connection)
+            .await?;
+    match owner {
+        Some(owner) => {
+            let current: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut *connection).await?;
+            if owner != current {
+                let statement = format!("SET ROLE {}", roles::quote_identifier(&owner));
+                sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut *connection).await?;
+            }
+        }
+        None => {
+            // `schema` is a compile-time constant of the calling service, never user input.
+            let statement = format!("CREATE SCHEMA {}", roles::quote_identifier(schema));
+            if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut *connection).await {
+                // Two processes racing on CREATE SCHEMA: the loser sees a duplicate; the schema exists.
+                let code = error.as_database_error().and_then(|e| e.code());
+                if !code.is_some_and(|code| code == "23505" || code == "42P06") {
+                    return Err(error);
+                }
+            }
         }
     }
-    migrator.run(pool).await?;
+    migrator.run(&mut *connection).await?;
     Ok(())
 }
 

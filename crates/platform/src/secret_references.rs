@@ -27,7 +27,17 @@ pub async fn resolve_references<C: ServiceConfig>(config: &mut C) -> Result<(), 
         let (secret_id, json_key) = (secret_id.to_owned(), json_key.map(str::to_owned));
         let client = match &client {
             Some(c) => c,
-            None => client.insert(secrets_manager_client(&aws).await),
+            None => {
+                let Some(region) = aws.region.as_deref() else {
+                    return Err(ConfigError::new(
+                        "aws.region",
+                        format!(
+                            "is required to resolve `{key}`'s aws-sm:// reference: set the environment's AWS region"
+                        ),
+                    ));
+                };
+                client.insert(secrets_manager_client(region, &aws).await)
+            }
         };
         if !fetched.contains_key(&secret_id) {
             let value = fetch(client, &secret_id).await.map_err(|problem| ConfigError::new(key, problem))?;
@@ -57,8 +67,8 @@ pub(crate) fn read_secret_file(path: &str) -> Result<String, String> {
     Ok(value)
 }
 
-async fn secrets_manager_client(aws: &AwsConfig) -> aws_sdk_secretsmanager::Client {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(aws.region.clone()));
+async fn secrets_manager_client(region: &str, aws: &AwsConfig) -> aws_sdk_secretsmanager::Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.to_owned()));
     if let Some(endpoint) = &aws.endpoint_url {
         loader = loader.endpoint_url(endpoint);
     }

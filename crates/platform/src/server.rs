@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::cache::Cache;
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, TlsConfig};
 use crate::extract::BodyLimit;
 use crate::problem::{self, Problem};
 use crate::rate_limit::RateLimiter;
@@ -112,29 +112,56 @@ struct ProbeState {
     openapi: Arc<String>,
 }
 
-/// Builds the full router: service routes, `/health`, `/ready`, `/metrics`, `/openapi.json`,
-/// RED metrics, timeouts, body limit, request ids, problem+json fallbacks, panic safety.
-pub fn router(service: &Service, config: &ServerConfig, lifecycle: &Lifecycle) -> Router {
+/// The probe and introspection routes: `/health`, `/ready`, `/metrics`, `/openapi.json`.
+fn admin_routes(service: &Service, lifecycle: &Lifecycle) -> Router {
     let state = ProbeState {
         lifecycle: lifecycle.clone(),
         database: service.database.clone(),
         cache: service.cache.clone(),
         openapi: Arc::new(service.openapi.to_json().unwrap_or_else(|_| "{}".to_owned())),
     };
-    let probes = Router::new()
+    Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/openapi.json", get(openapi))
         .with_state(state)
-        .route("/metrics", get(red::render));
+        .route("/metrics", get(red::render))
+}
+
+/// Builds the full router on one listener: service routes, `/health`, `/ready`, `/metrics`,
+/// `/openapi.json`, RED metrics, timeouts, body limit, request ids, problem+json fallbacks,
+/// panic safety.
+pub fn router(service: &Service, config: &ServerConfig, lifecycle: &Lifecycle) -> Router {
+    with_middleware(rate_limited(service.routes.clone(), config).merge(admin_routes(service, lifecycle)), config)
+}
+
+/// The API listener's router when the admin routes have a port of their own: the probes and
+/// `/metrics` are not routed here at all (a 404 like any unknown path).
+fn api_router(service: &Service, config: &ServerConfig) -> Router {
+    with_middleware(rate_limited(service.routes.clone(), config), config)
+}
+
+/// The admin listener's router: probes and metrics, with the same fallbacks and timeouts, but
+/// no rate limit (the kubelet and Prometheus must always get through).
+fn admin_router(service: &Service, config: &ServerConfig, lifecycle: &Lifecycle) -> Router {
+    with_middleware(admin_routes(service, lifecycle), config)
+}
+
+/// The service's own routes behind the per-replica rate limit, when one is configured.
+fn rate_limited(routes: Router, config: &ServerConfig) -> Router {
+    match RateLimiter::new(&config.rate_limit).map(Arc::new) {
+        Some(limiter) => {
+            routes.route_layer(middleware::from_fn(move |req, next| limit_rate(limiter.clone(), req, next)))
+        }
+        None => routes,
+    }
+}
+
+/// The layers every route gets.
+fn with_middleware(routes: Router, config: &ServerConfig) -> Router {
     let timeout = config.request_timeout;
     let body_limit = config.body_limit_bytes;
-    let mut routes = service.routes.clone();
-    if let Some(limiter) = RateLimiter::new(&config.rate_limit).map(Arc::new) {
-        routes = routes.route_layer(middleware::from_fn(move |req, next| limit_rate(limiter.clone(), req, next)));
-    }
     routes
-        .merge(probes)
         .method_not_allowed_fallback(problem::method_not_allowed_fallback)
         .route_layer(middleware::from_fn(move |req, next| enforce_timeout(timeout, req, next)))
         .route_layer(middleware::from_fn(red::record_red))
@@ -211,17 +238,53 @@ async fn limit_body(limit: usize, mut request: Request, next: Next) -> Response 
     next.run(Request::from_parts(parts, body)).await
 }
 
-/// Serves until shutdown completes. `listener` is already bound (tests bind port 0).
+/// The sockets a service serves on, bound before the service is built so that a port conflict
+/// fails fast. Without `admin`, the probes and `/metrics` share the API listener.
+#[derive(Debug)]
+pub struct Listeners {
+    pub api: std::net::TcpListener,
+    pub admin: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `server.port` and, when set, `server.admin_port` on `server.host`.
+    pub fn bind(config: &ServerConfig) -> anyhow::Result<Self> {
+        let bind = |port: u16| {
+            std::net::TcpListener::bind((config.host, port))
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}:{port}: {e}", config.host))
+        };
+        Ok(Self { api: bind(config.port)?, admin: config.admin_port.map(bind).transpose()? })
+    }
+}
+
+impl From<std::net::TcpListener> for Listeners {
+    fn from(api: std::net::TcpListener) -> Self {
+        Self { api, admin: None }
+    }
+}
+
+/// How often the TLS certificate and key files are re-read.
+const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Serves until shutdown completes. The listeners are already bound (tests bind port 0).
 pub async fn serve(
     service: Service,
     config: ServerConfig,
-    listener: std::net::TcpListener,
+    listeners: impl Into<Listeners>,
     lifecycle: Lifecycle,
 ) -> anyhow::Result<()> {
-    let app = router(&service, &config, &lifecycle);
-    let local = listener.local_addr()?;
-    listener.set_nonblocking(true)?;
+    let Listeners { api, admin } = listeners.into();
+    let (app, admin_app) = match &admin {
+        Some(_) => (api_router(&service, &config), Some(admin_router(&service, &config, &lifecycle))),
+        None => (router(&service, &config, &lifecycle), None),
+    };
+    let tls = match &config.tls {
+        Some(tls) => Some(tls_config(&tls.cert_path, &tls.key_path).await?),
+        None => None,
+    };
+    let reloader = config.tls.clone().zip(tls.clone()).map(|(files, rustls)| tokio::spawn(reload_tls(files, rustls)));
     let handle = Handle::new();
+    let admin_handle = Handle::new();
     let orchestrator = {
         let (handle, lifecycle, config) = (handle.clone(), lifecycle.clone(), config.clone());
         tokio::spawn(async move {
@@ -233,38 +296,97 @@ pub async fn serve(
             handle.graceful_shutdown(Some(config.shutdown_grace));
         })
     };
-    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
-    tracing::info!(service = service.name, address = %local, scheme, "listening");
-    let served = match &config.tls {
-        Some(tls) => {
-            let rustls = tls_config(&tls.cert_path, &tls.key_path).await?;
-            axum_server::from_tcp_rustls(listener, rustls).handle(handle).serve(make_service).await
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let admin_server = match (admin, admin_app) {
+        (Some(listener), Some(app)) => {
+            tracing::info!(service = service.name, address = %listener.local_addr()?, scheme, "admin listening");
+            Some(tokio::spawn(listen(listener, app, tls.clone(), admin_handle.clone())))
         }
-        None => axum_server::from_tcp(listener).handle(handle).serve(make_service).await,
+        _ => None,
     };
+    tracing::info!(service = service.name, address = %api.local_addr()?, scheme, "listening");
+    let served = listen(api, app, tls, handle).await;
+    // The probes answer (503) until the API has drained; then they stop too.
     orchestrator.abort();
+    admin_handle.shutdown();
+    let admin_served = match admin_server {
+        Some(task) => task.await.map_err(anyhow::Error::from).and_then(|result| result),
+        None => Ok(()),
+    };
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
     lifecycle.workers_stop.cancel();
     for worker in service.workers {
         let _ = worker.await;
     }
     service.database.close().await;
     tracing::info!(service = service.name, "stopped");
-    Ok(served?)
+    served.and(admin_served)
+}
+
+/// Serves `app` on `listener` (HTTPS when `tls` is set) until `handle` shuts it down.
+async fn listen(
+    listener: std::net::TcpListener,
+    app: Router,
+    tls: Option<RustlsConfig>,
+    handle: Handle,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        Some(tls) => axum_server::from_tcp_rustls(listener, tls).handle(handle).serve(make_service).await?,
+        None => axum_server::from_tcp(listener).handle(handle).serve(make_service).await?,
+    }
+    Ok(())
+}
+
+/// Re-reads the certificate and key, and swaps them in when they changed (cert-manager renews
+/// the mounted Secret in place). A pair that does not load is logged and the old one kept.
+async fn reload_tls(files: TlsConfig, rustls: RustlsConfig) {
+    let mut current = read_pair(&files).await.ok();
+    let mut ticks = tokio::time::interval(TLS_RELOAD_INTERVAL);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Ok(pair) = read_pair(&files).await else {
+            tracing::warn!(cert = %files.cert_path.display(), "cannot read the TLS certificate; keeping the current one");
+            continue;
+        };
+        if current.as_ref() == Some(&pair) {
+            continue;
+        }
+        match server_config(&pair.0, &pair.1) {
+            Ok(config) => {
+                rustls.reload_from_config(Arc::new(config));
+                tracing::info!(cert = %files.cert_path.display(), "TLS certificate reloaded");
+                current = Some(pair);
+            }
+            Err(error) => tracing::warn!(%error, "the renewed TLS certificate does not load; keeping the current one"),
+        }
+    }
+}
+
+async fn read_pair(files: &TlsConfig) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    Ok((tokio::fs::read(&files.cert_path).await?, tokio::fs::read(&files.key_path).await?))
 }
 
 async fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<RustlsConfig> {
     let certs = tokio::fs::read(cert).await?;
     let key = tokio::fs::read(key).await?;
+    Ok(RustlsConfig::from_config(Arc::new(server_config(&certs, &key)?)))
+}
+
+fn server_config(certs: &[u8], key: &[u8]) -> anyhow::Result<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&certs).collect::<Result<Vec<_>, _>>()?;
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key)?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(certs).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key)?;
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     // axum-server serves both (hyper's auto builder), so both are offered.
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(RustlsConfig::from_config(Arc::new(server)))
+    Ok(server)
 }

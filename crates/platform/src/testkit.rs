@@ -177,18 +177,41 @@ impl RedisServer {
 
 /// A CA (`ca.pem`) and a certificate it signed for `localhost` (`server.pem`, `server.key`) in `dir`.
 fn write_certificates(dir: &std::path::Path) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::new()).expect("CA parameters");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key")).expect("CA");
-    let server_key = KeyPair::generate().expect("server key");
-    let server = CertificateParams::new(vec!["localhost".to_owned()])
-        .expect("server parameters")
-        .signed_by(&server_key, &ca)
-        .expect("server certificate");
+    let ca = TestCa::new("quilla test CA");
+    let (certificate, key) = ca.issue(&["localhost"]);
     std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write ca.pem");
-    std::fs::write(dir.join("server.pem"), server.pem()).expect("write server.pem");
-    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).expect("write server.key");
+    std::fs::write(dir.join("server.pem"), certificate).expect("write server.pem");
+    std::fs::write(dir.join("server.key"), key).expect("write server.key");
+}
+
+/// A throwaway certificate authority that issues server certificates.
+#[derive(Debug)]
+pub struct TestCa(rcgen::CertifiedIssuer<'static, rcgen::KeyPair>);
+
+impl TestCa {
+    pub fn new(common_name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        let mut params = CertificateParams::new(Vec::new()).expect("CA parameters");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        Self(CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key")).expect("CA"))
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> String {
+        self.0.pem()
+    }
+
+    /// A certificate for `names` and its private key, both PEM.
+    pub fn issue(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let certificate = rcgen::CertificateParams::new(names)
+            .expect("server parameters")
+            .signed_by(&key, &self.0)
+            .expect("server certificate");
+        (certificate.pem(), key.serialize_pem())
+    }
 }
 
 impl Drop for RedisServer {
@@ -244,4 +267,186 @@ impl TestServer {
         self.lifecycle.shutdown();
         self.task.await.expect("server task").expect("server stopped cleanly");
     }
+}
+
+/// Creates, as the test server's superuser, what the database administrator creates in every
+/// environment (docs/adr/0008): the database-wide revocations, then each service's roles, schema
+/// and grants, all from [`crate::db::roles`]. Give each test roles of its own
+/// ([`crate::db::roles::SchemaRoles::with_prefix`]): roles are shared by the whole server.
+pub async fn provision_roles(database_url: &str, services: &[&crate::db::roles::SchemaRoles]) {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(database_url).await.expect("connect as the superuser");
+    let database = url::Url::parse(database_url).expect("URL").path().trim_start_matches('/').to_owned();
+    let statements = crate::db::roles::database_statements(&database)
+        .into_iter()
+        .chain(services.iter().flat_map(|roles| roles.statements(&database)));
+    for statement in statements {
+        sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+}
+
+/// `database_url` with `role` as its user (the test server trusts every local login).
+pub fn url_as(database_url: &str, role: &str) -> String {
+    let mut url = url::Url::parse(database_url).expect("URL");
+    url.set_username(role).expect("username");
+    url.to_string()
+}
+
+/// A private PostgreSQL server that accepts TLS connections only, presenting a certificate that
+/// `ca` issued for `names`: for the tests of what the client's TLS modes accept. Stopped and
+/// removed when dropped.
+#[derive(Debug)]
+pub struct PostgresServer {
+    pub port: u16,
+    bin: PathBuf,
+    dir: TempDir,
+    /// initdb refuses to run as root: as root, every server command runs as `postgres`.
+    as_postgres_user: bool,
+}
+
+impl PostgresServer {
+    pub fn start_tls(ca: &TestCa, names: &[&str]) -> Self {
+        let bin = postgres_bin_dir().expect("PostgreSQL server binaries (initdb, pg_ctl)");
+        let dir = TempDir::new("pg-tls");
+        let (certificate, key) = ca.issue(names);
+        std::fs::write(dir.path().join("server.pem"), certificate).expect("write server.pem");
+        std::fs::write(dir.path().join("server.key"), key).expect("write server.key");
+        let as_postgres_user = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0");
+        let server = Self { port: free_port(), bin, dir, as_postgres_user };
+        server.set_file_modes();
+        let data = server.dir.path().join("data");
+        server.run(
+            "initdb",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "-A".as_ref(),
+                "trust".as_ref(),
+                "--no-sync".as_ref(),
+            ],
+        );
+        // TLS or nothing: no plain-TCP line, so a client that does not negotiate TLS is refused.
+        let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n";
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        server.set_file_modes();
+        let options = format!(
+            "-p {} -k {dir} -c listen_addresses=localhost -c fsync=off -c ssl=on -c ssl_cert_file={dir}/server.pem -c ssl_key_file={dir}/server.key",
+            server.port,
+            dir = server.dir.path().display()
+        );
+        let log = server.dir.path().join("postgres.log");
+        let started = server.try_run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-o".as_ref(),
+                options.as_ref(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "start".as_ref(),
+            ],
+        );
+        if let Err(error) = started {
+            panic!("PostgreSQL did not start: {error}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        wait_for_port(server.port, Duration::from_secs(30));
+        server
+    }
+
+    /// The superuser's URL of the `postgres` database, reached as `host` (the name the client
+    /// checks the certificate against).
+    pub fn url(&self, host: &str) -> String {
+        format!("postgres://postgres@{host}:{}/postgres", self.port)
+    }
+
+    /// The server's files belong to the user it runs as, and its key is readable by it alone.
+    fn set_file_modes(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let key = self.dir.path().join("server.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod server.key");
+        if self.as_postgres_user {
+            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(self.dir.path()).status();
+            assert!(status.is_ok_and(|s| s.success()), "chown the PostgreSQL directory to postgres");
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&std::ffi::OsStr]) {
+        if let Err(error) = self.try_run(tool, args) {
+            panic!("{error}");
+        }
+    }
+
+    fn try_run(&self, tool: &str, args: &[&std::ffi::OsStr]) -> Result<(), String> {
+        let program = self.bin.join(tool);
+        let mut command = if self.as_postgres_user {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&program);
+            command
+        } else {
+            Command::new(&program)
+        };
+        let output = command
+            .args(args)
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("run {tool}: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{tool} failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim()))
+        }
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = self.try_run(
+            "pg_ctl",
+            &["-D".as_ref(), data.as_os_str(), "-m".as_ref(), "immediate".as_ref(), "-w".as_ref(), "stop".as_ref()],
+        );
+    }
+}
+
+/// PostgreSQL's server binaries: Debian keeps them in /usr/lib/postgresql/<version>/bin.
+fn postgres_bin_dir() -> Option<PathBuf> {
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| Some((entry.file_name().to_str()?.parse::<u32>().ok()?, entry.path().join("bin"))))
+        .filter(|(_, bin)| bin.join("pg_ctl").is_file())
+        .max();
+    newest.map(|(_, bin)| bin).or_else(|| {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path).find(|dir| dir.join("pg_ctl").is_file())
+    })
+}
+
+/// Asserts that nix/services.toml lists `service` with `schema`: `cargo xtask pods` provisions
+/// the roles of the schema listed there, so it must be the one the service migrates.
+pub fn assert_listed_schema(service: &str, schema: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nix/services.toml");
+    let text = std::fs::read_to_string(&path).expect("read nix/services.toml");
+    let list: toml::Table = toml::from_str(&text).expect("nix/services.toml parses");
+    let listed = list["service"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|entry| entry.get("name").and_then(toml::Value::as_str) == Some(service))
+        .and_then(|entry| entry.get("schema").and_then(toml::Value::as_str).map(str::to_owned));
+    assert_eq!(listed.as_deref(), Some(schema), "nix/services.toml must list {service} with schema = \"{schema}\"");
 }

@@ -30,6 +30,7 @@ fn config(url: &str, url_file: &Path) -> DatabaseConfig {
         min_connections: 0,
         acquire_timeout: Duration::from_millis(500),
         statement_timeout: Duration::from_secs(5),
+        ssl_root_cert: None,
         migrate_on_start: false,
     }
 }

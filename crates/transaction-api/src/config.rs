@@ -18,6 +18,8 @@ pub const DEFAULTS: &str = include_str!("../config/default.toml");
 pub struct Config {
     pub server: ServerConfig,
     pub telemetry: TelemetryConfig,
+    /// Optional as a section: `aws.region` has no default (see AwsConfig).
+    #[serde(default)]
     pub aws: AwsConfig,
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
@@ -88,12 +90,14 @@ impl ServiceConfig for Config {
             return Err(ConfigError::new("webhook.signing_key", "must be at least 32 characters"));
         }
         match url::Url::parse(&self.webhook.url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            Ok(url) if url.scheme() == "https" => {}
+            Ok(url) if url.scheme() == "http" && self.webhook.client.ca_path.is_none() => {}
+            Ok(_) if self.webhook.client.ca_path.is_some() => {
+                return Err(ConfigError::new("webhook.url", "must be an https URL when webhook.client.ca_path is set"));
+            }
             _ => return Err(ConfigError::new("webhook.url", "must be an http or https URL")),
         }
-        if self.webhook.client.max_attempts == 0 {
-            return Err(ConfigError::new("webhook.client.max_attempts", "must be at least 1"));
-        }
+        self.webhook.client.validate("webhook.client")?;
         if self.outbox.batch_size == 0 {
             return Err(ConfigError::new("outbox.batch_size", "must be at least 1"));
         }

@@ -23,6 +23,7 @@ pub const SERVICE: &str = "transaction-api";
 /// The PostgreSQL schema this service owns.
 pub const SCHEMA: &str = "transactions";
 
+/// Applied by `transaction-api migrate` (the migration Job, as the migration role) or, locally, at start.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Amount histogram buckets, in major currency units.
@@ -47,6 +48,7 @@ pub async fn build(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<Ser
     platform::metrics::install(&[("transaction_amount", AMOUNT_BUCKETS)]);
     let pool = platform::db::pool(&config.database, SCHEMA)?;
     platform::db::reload_credentials(&pool, &config.database, SCHEMA, platform::db::CREDENTIALS_RELOAD_INTERVAL);
+    // Local runs migrate here; clusters serve as a role that cannot, and migrate in a Job.
     if config.database.migrate_on_start {
         platform::db::migrate(&pool, SCHEMA, &MIGRATOR)
             .await

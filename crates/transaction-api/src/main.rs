@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-use transaction_api::{Config, DEFAULTS, SERVICE, build};
+use platform::cli::Migrations;
+use transaction_api::{Config, DEFAULTS, MIGRATOR, SCHEMA, SERVICE, build};
 
 fn main() -> ExitCode {
-    platform::cli::main::<Config, _>(SERVICE, DEFAULTS, build)
+    platform::cli::main::<Config, _>(SERVICE, DEFAULTS, build, Migrations { schema: SCHEMA, migrator: &MIGRATOR })
 }

@@ -108,6 +108,15 @@ pub enum Durability {
 
 impl Postgres {
     pub fn start(durability: Durability) -> Result<Self> {
+        Self::start_inner(durability, None)
+    }
+
+    /// A server that also accepts TLS, with this certificate chain and key (PEM), as RDS does.
+    pub fn start_tls(durability: Durability, certificate: &str, key: &str) -> Result<Self> {
+        Self::start_inner(durability, Some((certificate, key)))
+    }
+
+    fn start_inner(durability: Durability, tls: Option<(&str, &str)>) -> Result<Self> {
         let bin = postgres_bin_dir().context("PostgreSQL server binaries not found")?;
         let dir = ScratchDir::new("pg")?;
         let as_postgres_user = is_root();
@@ -126,6 +135,21 @@ impl Postgres {
         );
         if durability == Durability::Disposable {
             options.push_str(" -c fsync=off -c full_page_writes=off");
+        }
+        if let Some((certificate, key)) = tls {
+            // PostgreSQL refuses a key file others can read; the server user must own both.
+            let (cert_file, key_file) = (pg._dir.0.join("server.crt"), pg._dir.0.join("server.key"));
+            fs::write(&cert_file, certificate)?;
+            fs::write(&key_file, key)?;
+            run(Command::new("chmod").arg("0600").arg(&key_file))?;
+            if pg.as_postgres_user {
+                run(Command::new("chown").arg("postgres:postgres").arg(&cert_file).arg(&key_file))?;
+            }
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                path_str(&cert_file)?,
+                path_str(&key_file)?
+            ));
         }
         let log = pg._dir.0.join("postgres.log");
         let started = pg.run_pg(
@@ -228,4 +252,10 @@ pub fn run(command: &mut Command) -> Result<()> {
 
 fn path_str(path: &Path) -> Result<&str> {
     path.to_str().context("non-UTF-8 path")
+}
+
+/// A random alphanumeric string, for throwaway passwords and keys.
+pub fn random_token(length: usize) -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), length)
 }

@@ -4,6 +4,7 @@ mod bench;
 mod images;
 mod infra;
 mod nix;
+mod pods;
 mod prereqs;
 mod services;
 mod test;
@@ -24,6 +25,10 @@ commands:
   images [--check]   build every service's OCI image layout (static binary, CA certificates,
                      user 65532) without a daemon; --check verifies size, user, no shell, and
                      that the binary runs in an empty root
+  pods [--environment REGION/STAGE] [--layouts DIR] [--no-self-check]
+                     start every Deployment's pod from its image as the kubelet would (root):
+                     ports, probes, certificates, health check, SIGTERM; and the Services' and
+                     NetworkPolicies' ports against what the pods listen on
   validate           render every environment and Argo CD path; check them against the upstream
                      schemas (strict), the policy (security, isolation, residency), the Prometheus
                      rules (promtool) and a security scan (checkov)";
@@ -36,6 +41,9 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("images") => images::run(&args[1..]),
         Some("validate") => validate::run(&args[1..]),
+        Some("pods") => pods::run(&args[1..]),
+        // Internal: the container side of `pods`, run inside its mount namespace.
+        Some("pod-exec") => pods::exec_in_pod(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

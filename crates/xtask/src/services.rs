@@ -16,6 +16,8 @@ use crate::infra::{Daemon, Postgres};
 pub struct ServiceSpec {
     pub name: &'static str,
     pub port: u16,
+    /// The service's PostgreSQL schema, if it has one.
+    pub schema: Option<&'static str>,
     /// Extra environment for local runs; `{redis_port}` is replaced by the throwaway Redis port.
     pub local_env: Vec<(String, String)>,
 }
@@ -31,6 +33,7 @@ pub static SERVICES: LazyLock<Vec<ServiceSpec>> = LazyLock::new(|| {
         .map(|service| ServiceSpec {
             name: service["name"].as_str().expect("service name").to_owned().leak(),
             port: service["port"].as_integer().and_then(|p| u16::try_from(p).ok()).expect("service port"),
+            schema: service.get("schema").and_then(toml::Value::as_str).map(|s| &*s.to_owned().leak()),
             local_env: service
                 .get("local_env")
                 .and_then(toml::Value::as_table)

@@ -58,6 +58,12 @@ pub fn run(args: &[String]) -> Result<()> {
         .args(["gitops", "environments"])
         .current_dir(crate::workspace_root());
     run_step(Step { name: "yamllint (workflows, GitOps tree)", command: yamllint })?;
+    // Offline (no GitHub API); a workflow that does not parse is an error, not a skip.
+    let mut zizmor = Command::new("zizmor");
+    zizmor
+        .args(["--offline", "--strict-collection", "--no-progress", "--min-severity", "medium", ".github/workflows"])
+        .current_dir(crate::workspace_root());
+    run_step(Step { name: "zizmor (workflow audit, no medium or high finding)", command: zizmor })?;
     run_step(Step { name: "secret scan", command: secret_scan()? })?;
     let nix_started = Instant::now();
     println!("xtask: run nix checks");
@@ -67,6 +73,11 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("xtask: run images --check");
     crate::images::run(&["--check".to_owned()]).context("image checks")?;
     println!("xtask: ok  images --check ({:.1?})", images_started.elapsed());
+
+    let pods_started = Instant::now();
+    println!("xtask: run pods");
+    crate::pods::run(&[]).context("pod-start test")?;
+    println!("xtask: ok  pods ({:.1?})", pods_started.elapsed());
 
     let validate_started = Instant::now();
     println!("xtask: run validate");

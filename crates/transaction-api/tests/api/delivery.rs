@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::{Options, SIGNING_KEY, TestApp, brl, spawn_app_with, start_notification_service};
+use crate::helpers::{Options, SIGNING_KEY, TestApp, brl, notifications, spawn_app_with, start_notification_service};
 
 /// Fast retries so the tests finish quickly.
 const FAST_RETRIES: &str = r#"
@@ -30,18 +30,6 @@ async fn create_transactions(app: &TestApp, user: &str, count: usize) -> Vec<Str
         ids.push(body["id"].as_str().expect("id").to_owned());
     }
     ids
-}
-
-async fn notifications(http: &reqwest::Client, notifier: &TestServer, user: &str) -> Vec<Value> {
-    let page: Value = http
-        .get(notifier.url(&format!("/notifications/{user}?limit=100")))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
-    page["items"].as_array().cloned().unwrap_or_default()
 }
 
 /// Polls until `user` has `expected` notifications (or the deadline passes) and returns them.

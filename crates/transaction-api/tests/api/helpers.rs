@@ -187,3 +187,16 @@ pub async fn wait_until_ready(http: &reqwest::Client, base: &str) {
     }
     panic!("service never became ready");
 }
+
+/// The first page (up to 100) of `user`'s notifications in notification-service.
+pub async fn notifications(http: &reqwest::Client, notifier: &TestServer, user: &str) -> Vec<Value> {
+    let page: Value = http
+        .get(notifier.url(&format!("/notifications/{user}?limit=100")))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    page["items"].as_array().cloned().unwrap_or_default()
+}

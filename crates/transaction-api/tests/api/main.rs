@@ -2,9 +2,15 @@
 
 mod cache;
 mod cli;
+mod database_roles;
 mod delivery;
 mod helpers;
 mod idempotency;
 mod secrets;
 mod shutdown;
 mod transactions;
+
+#[test]
+fn the_schema_is_the_one_nix_services_toml_lists() {
+    platform::testkit::assert_listed_schema(transaction_api::SERVICE, transaction_api::SCHEMA);
+}

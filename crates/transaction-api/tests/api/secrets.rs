@@ -46,7 +46,7 @@ async fn references_resolve_from_secrets_manager_and_stay_redacted() {
     client.create_secret().name(&hmac).secret_string(signing_key).send().await.expect("create hmac secret");
 
     let mut config = config_with(format!(
-        "[aws]\nendpoint_url = \"{endpoint}\"\n[database]\nurl = \"aws-sm://{database}#url\"\n[webhook]\nsigning_key = \"aws-sm://{hmac}\"\n",
+        "[aws]\nregion = \"eu-south-2\"\nendpoint_url = \"{endpoint}\"\n[database]\nurl = \"aws-sm://{database}#url\"\n[webhook]\nsigning_key = \"aws-sm://{hmac}\"\n",
         endpoint = platform::testkit::aws_endpoint(),
     ));
     resolve_references(&mut config).await.expect("references resolve");
@@ -64,19 +64,32 @@ async fn a_missing_secret_or_field_names_the_config_key() {
     let endpoint = platform::testkit::aws_endpoint();
 
     let mut missing_field = config_with(format!(
-        "[aws]\nendpoint_url = \"{endpoint}\"\n[database]\nurl = \"aws-sm://{database}#url\"\n[webhook]\nsigning_key = \"0123456789abcdef0123456789abcdef\"\n"
+        "[aws]\nregion = \"eu-south-2\"\nendpoint_url = \"{endpoint}\"\n[database]\nurl = \"aws-sm://{database}#url\"\n[webhook]\nsigning_key = \"0123456789abcdef0123456789abcdef\"\n"
     ));
     let error = resolve_references(&mut missing_field).await.expect_err("no such field");
     assert_eq!(error.key, "database.url");
     assert!(error.problem.contains("no field `url`"), "{error}");
 
     let mut missing_secret = config_with(format!(
-        "[aws]\nendpoint_url = \"{endpoint}\"\n[webhook]\nsigning_key = \"aws-sm://{}\"\n",
+        "[aws]\nregion = \"eu-south-2\"\nendpoint_url = \"{endpoint}\"\n[webhook]\nsigning_key = \"aws-sm://{}\"\n",
         unique("absent")
     ));
     let error = resolve_references(&mut missing_secret).await.expect_err("no such secret");
     assert_eq!(error.key, "webhook.signing_key");
     assert!(error.problem.contains("cannot read AWS Secrets Manager secret"), "{error}");
+}
+
+#[tokio::test]
+async fn an_aws_reference_without_a_region_is_refused_naming_aws_region() {
+    // No region compiled in: an environment that forgot `[aws] region` must not read another's.
+    let mut config = config_with(format!(
+        "[aws]\nendpoint_url = \"{}\"\n[webhook]\nsigning_key = \"aws-sm://{}\"\n",
+        platform::testkit::aws_endpoint(),
+        unique("anything")
+    ));
+    let error = resolve_references(&mut config).await.expect_err("no region");
+    assert_eq!(error.key, "aws.region");
+    assert!(error.problem.contains("webhook.signing_key"), "{error}");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! `cargo xtask validate`: render every overlay and Argo CD path, then check schemas, policy and rules.
 
+pub mod argocd;
 pub mod policy;
 pub mod prometheus;
 pub mod schemas;
@@ -34,7 +35,7 @@ use anyhow::{Context, Result, bail};
 use policy::RegionFile;
 
 /// Argo CD source paths rendered besides the environments.
-const ARGOCD_PATHS: &[&str] = &["gitops/argocd"];
+const ARGOCD_PATHS: &[&str] = &[argocd::ARGOCD_DIR, argocd::ADDONS_PLATFORM_DIR];
 
 pub fn run(_args: &[String]) -> Result<()> {
     crate::prereqs::ensure(crate::prereqs::Needs { python_tools: true, wrk: false, nix: false, gitops: true })?;
@@ -61,6 +62,7 @@ pub fn validate_tree(root: &Path) -> Result<()> {
         everything.extend(objects);
     }
     failures.extend(schemas::validate(&everything)?);
+    failures.extend(argocd::check(&everything, &regions));
     refuse(failures, "schemas, policy or residency")?;
     println!("xtask: {} objects valid against their schemas and the policy", everything.len());
     prometheus::check(root)?;
@@ -85,8 +87,11 @@ fn environments(root: &Path) -> Result<Vec<(String, RegionFile)>> {
         for stage in sorted_dirs(&region)? {
             let file = stage.join("region.yaml");
             let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
-            let facts: RegionFile =
-                serde_norway::from_str(&text).with_context(|| format!("{}: invalid", file.display()))?;
+            let facts = region_facts(&text).with_context(|| format!("{}: invalid", file.display()))?;
+            let problems = policy::check_region_file(&facts);
+            if !problems.is_empty() {
+                bail!("{}: {}", file.display(), problems.join("; "));
+            }
             let dir = stage.strip_prefix(root).unwrap_or(&stage).to_string_lossy().into_owned();
             if dir != format!("environments/{}/{}", facts.region, facts.stage) {
                 bail!(
@@ -103,6 +108,22 @@ fn environments(root: &Path) -> Result<Vec<(String, RegionFile)>> {
         bail!("no environments/<region>/<stage>/region.yaml found");
     }
     Ok(found)
+}
+
+/// A region.yaml: an `EnvironmentFacts` local-config object (so Kustomize can use it and does not
+/// deploy it) whose other top-level keys are the facts.
+fn region_facts(text: &str) -> Result<RegionFile> {
+    let mut value: serde_json::Value = serde_norway::from_str(text)?;
+    let object = value.as_object_mut().context("not a mapping")?;
+    let header = [object.remove("apiVersion"), object.remove("kind"), object.remove("metadata")];
+    let [api_version, kind, metadata] = header.map(Option::unwrap_or_default);
+    if api_version != "quilla.io/v1" || kind != "EnvironmentFacts" || metadata["name"] != "environment" {
+        bail!("must be apiVersion quilla.io/v1, kind EnvironmentFacts, metadata.name environment");
+    }
+    if metadata["annotations"]["config.kubernetes.io/local-config"] != "true" {
+        bail!("must be annotated config.kubernetes.io/local-config: \"true\" (Kustomize must not deploy it)");
+    }
+    Ok(serde_json::from_value(value)?)
 }
 
 fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -247,7 +268,7 @@ mod tests {
     #[test]
     fn a_prod_autoscaler_below_two_replicas_fails_the_policy() {
         let error = failure_after(&[(
-            "environments/mexico/prod/kustomization.yaml",
+            "gitops/components/stage-prod/kustomization.yaml",
             "/spec/minReplicas, value: 3",
             "/spec/minReplicas, value: 1",
         )]);
@@ -258,11 +279,11 @@ mod tests {
     #[test]
     fn a_spain_overlay_reading_a_mexico_secret_fails_residency() {
         let error = failure_after(&[(
-            "environments/spain/prod/kustomization.yaml",
-            "value: quilla/spain/prod/transaction-api/database}",
-            "value: quilla/mexico/prod/transaction-api/database}",
+            "environments/spain/prod/region.yaml",
+            "secretsPrefix: quilla/spain/prod",
+            "secretsPrefix: quilla/mexico/prod",
         )]);
-        assert!(error.contains("environments/spain/prod: ExternalSecret quilla/transaction-api"), "{error}");
+        assert!(error.contains("environments/spain/prod: ClusterSecretStore aws-secrets-manager"), "{error}");
         assert!(error.contains("`quilla/mexico/prod` of region mexico (data residency)"), "{error}");
     }
 
@@ -281,9 +302,9 @@ mod tests {
     fn an_object_in_the_default_namespace_fails_the_security_scan() {
         let error = failure_after(&[(
             "environments/spain/dev/kustomization.yaml",
-            "patches:\n",
+            "commonAnnotations:\n",
             "patches:\n  - target: {kind: ServiceAccount, name: notification-service}\n    patch: |-\n      \
-             - {op: replace, path: /metadata/namespace, value: default}\n",
+             - {op: replace, path: /metadata/namespace, value: default}\ncommonAnnotations:\n",
         )]);
         assert!(error.contains("(checkov; a justified skip goes in .checkov.yaml)"), "{error}");
         assert!(

@@ -1,6 +1,7 @@
 //! Policy rules over one environment's rendered objects: pod security, probes, resources, images,
 //! network isolation, no Secrets, prod availability and data residency.
 
+use ipnet::Ipv4Net;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -13,6 +14,10 @@ const ALLOWED_CALLS: &[(&str, &str)] = &[("transaction-api", "notification-servi
 /// Namespaces whose pods may reach every service's port (Prometheus scrapes `/metrics`).
 const SCRAPER_NAMESPACES: &[&str] = &["monitoring"];
 
+/// The only HTTP source a `webhook` store may read: AWS's public RDS certificate bundles,
+/// `<this>/<region>/<region>-bundle.pem` (docs/adr/0008).
+const RDS_TRUST_STORE: &str = "https://truststore.pki.rds.amazonaws.com/";
+
 /// An environment's `region.yaml`: the facts its overlay must use, and no other region's.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -21,10 +26,30 @@ pub struct RegionFile {
     pub stage: String,
     pub aws_region: String,
     pub vpc_cidr: String,
+    /// The public subnets' tier, where the ALBs are: the only source NetworkPolicies admit by address.
+    pub alb_cidr: String,
+    /// The data subnets' tier (RDS, ElastiCache): the only destination they reach by address.
+    pub data_cidr: String,
+    /// Where the nodes and pods are (VPC CNI): no ipBlock may overlap it.
+    pub pod_cidr: String,
     pub host: String,
     pub secrets_prefix: String,
     pub ecr_registry: String,
+    /// `placeholder` while the overlay's digests are all zeros (no Application is generated),
+    /// `pinned` once promote.sh has pinned real ones.
+    pub images: ImagesState,
 }
+
+/// Whether an environment's images are pinned yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImagesState {
+    Placeholder,
+    Pinned,
+}
+
+/// The digest of an image nobody pushed: the overlays' placeholder before the first promotion.
+const PLACEHOLDER_DIGEST: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
 impl RegionFile {
     /// Strings that identify this region; none may appear in another region's objects.
@@ -43,15 +68,19 @@ pub fn check(region: &RegionFile, objects: &[Rendered], all: &[RegionFile]) -> V
         match object["kind"].as_str().unwrap_or_default() {
             "Secret" => fail("a Secret in git: credentials must come from an ExternalSecret".into()),
             "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => {
-                check_pod(&object["spec"]["template"]["spec"], region, &mut fail);
+                // A Job serves nothing that a probe could ask about.
+                let serves = object["kind"] != "Job";
+                check_pod(&object["spec"]["template"]["spec"], region, serves, &mut fail);
             }
             "Namespace" => check_namespace(object, objects, &mut fail),
             "NetworkPolicy" => {
                 check_network_policy(object, &mut fail);
-                for cidr in ip_blocks(object) {
-                    if cidr != region.vpc_cidr {
-                        fail(format!("ipBlock {cidr} is not the region's VPC CIDR {}", region.vpc_cidr));
-                    }
+                let (ingress, egress) = ip_blocks(object);
+                for cidr in ingress.iter().filter(|cidr| **cidr != region.alb_cidr) {
+                    fail(format!("ingress ipBlock {cidr} is not the environment's ALB tier {}", region.alb_cidr));
+                }
+                for cidr in egress.iter().filter(|cidr| **cidr != region.data_cidr) {
+                    fail(format!("egress ipBlock {cidr} is not the environment's data tier {}", region.data_cidr));
                 }
             }
             "HorizontalPodAutoscaler"
@@ -59,13 +88,24 @@ pub fn check(region: &RegionFile, objects: &[Rendered], all: &[RegionFile]) -> V
             {
                 fail("prod HorizontalPodAutoscaler minReplicas must be at least 2".into());
             }
-            "ClusterSecretStore" | "SecretStore" => {
-                let store_region = object["spec"]["provider"]["aws"]["region"].as_str().unwrap_or_default();
-                if store_region != region.aws_region {
-                    fail(format!("store region `{store_region}`, expected `{}`", region.aws_region));
+            "ClusterSecretStore" | "SecretStore" => match object["spec"]["provider"]["webhook"]["url"].as_str() {
+                Some(url) if !url.starts_with(RDS_TRUST_STORE) => {
+                    fail(format!("webhook store URL `{url}`: only {RDS_TRUST_STORE} (the RDS CA bundles) may be read"));
                 }
-            }
-            "ConfigMap" => check_service_config(object, region, &mut fail),
+                Some(_) => {}
+                None => {
+                    let aws = &object["spec"]["provider"]["aws"];
+                    let store_region = aws["region"].as_str().unwrap_or_default();
+                    if store_region != region.aws_region {
+                        fail(format!("store region `{store_region}`, expected `{}`", region.aws_region));
+                    }
+                    let prefix = aws["prefix"].as_str().unwrap_or_default();
+                    if prefix != format!("{}/", region.secrets_prefix) {
+                        fail(format!("store prefix `{prefix}`, expected `{}/`", region.secrets_prefix));
+                    }
+                }
+            },
+            "ConfigMap" => check_service_config(object, &mut fail),
             "ExternalSecret" => check_external_secret(object, objects, region, &mut fail),
             _ => {}
         }
@@ -84,15 +124,35 @@ pub fn check(region: &RegionFile, objects: &[Rendered], all: &[RegionFile]) -> V
     errors
 }
 
-/// An ExternalSecret reads named entries under the environment's prefix, from a store the
-/// environment renders: `find` and generators (`sourceRef`) would escape the prefix check.
+/// An ExternalSecret reads named entries relative to its store's prefix (the environment's, checked
+/// on the store), from a store the environment renders: `find` and generators (`sourceRef`) would
+/// escape the prefix. One reading the RDS trust store (a `webhook` store) reads the environment's
+/// own region's bundle.
 fn check_external_secret(object: &Value, objects: &[Rendered], region: &RegionFile, fail: &mut impl FnMut(String)) {
+    let spec = &object["spec"];
+    let store = &spec["secretStoreRef"];
+    let webhook_store = objects.iter().any(|other| {
+        other.object["kind"] == store["kind"]
+            && other.object["metadata"]["name"] == store["name"]
+            && !other.object["spec"]["provider"]["webhook"].is_null()
+    });
+    // An absolute key would be read as `<prefix><key>`, i.e. under the prefix twice.
+    let root = &format!("{}/", region.secrets_prefix.split('/').next().unwrap_or_default());
     for key in remote_keys(object) {
-        if !key.starts_with(&format!("{}/", region.secrets_prefix)) {
-            fail(format!("remote key `{key}` is not under the environment's `{}/`", region.secrets_prefix));
+        if webhook_store {
+            if key != region.aws_region {
+                fail(format!("trust-store key `{key}` is not the environment's region `{}`", region.aws_region));
+            }
+        } else if key.starts_with('/')
+            || key.split('/').any(|part| part.is_empty() || part == "..")
+            || key.starts_with(root)
+        {
+            fail(format!(
+                "remote key `{key}` must be relative to the store's prefix `{}/` (e.g. `transaction-api/database`)",
+                region.secrets_prefix
+            ));
         }
     }
-    let spec = &object["spec"];
     let entries = spec["data"].as_array().into_iter().chain(spec["dataFrom"].as_array()).flatten();
     if entries.clone().any(|entry| !entry["sourceRef"].is_null() || !entry["find"].is_null()) {
         fail("`find` and `sourceRef` are not allowed: name each entry with remoteRef.key or extract.key".into());
@@ -100,7 +160,6 @@ fn check_external_secret(object: &Value, objects: &[Rendered], region: &RegionFi
     if spec["dataFrom"].as_array().into_iter().flatten().any(|entry| entry["extract"]["key"].is_null()) {
         fail("every dataFrom entry must be an `extract` of a named entry".into());
     }
-    let store = &spec["secretStoreRef"];
     let rendered_store = objects
         .iter()
         .any(|other| other.object["kind"] == store["kind"] && other.object["metadata"]["name"] == store["name"]);
@@ -117,7 +176,7 @@ fn remote_keys(external_secret: &Value) -> impl Iterator<Item = &str> {
     data.chain(data_from).filter_map(Value::as_str)
 }
 
-fn check_pod(pod: &Value, region: &RegionFile, fail: &mut impl FnMut(String)) {
+fn check_pod(pod: &Value, region: &RegionFile, serves: bool, fail: &mut impl FnMut(String)) {
     if pod["automountServiceAccountToken"] != Value::Bool(false) {
         fail("automountServiceAccountToken must be false".into());
     }
@@ -166,7 +225,7 @@ fn check_pod(pod: &Value, region: &RegionFile, fail: &mut impl FnMut(String)) {
             }
         }
         for probe in ["readinessProbe", "livenessProbe"] {
-            if container[probe].is_null() {
+            if serves && container[probe].is_null() {
                 fail(&format!("{probe} is missing"));
             }
         }
@@ -182,6 +241,23 @@ fn check_pod(pod: &Value, region: &RegionFile, fail: &mut impl FnMut(String)) {
         let image = container["image"].as_str().unwrap_or_default();
         if let Some(problem) = image_problem(image, region.stage == "prod") {
             fail(&format!("image `{image}`: {problem}"));
+        }
+        let placeholder = image.ends_with(&format!("@{PLACEHOLDER_DIGEST}"));
+        match region.images {
+            ImagesState::Pinned if placeholder => {
+                fail(&format!("image `{image}`: the placeholder digest in an environment whose images are `pinned`"));
+            }
+            ImagesState::Placeholder if !placeholder => fail(&format!(
+                "image `{image}`: region.yaml says `images: placeholder` (no Application is generated) but this \
+                 image is pinned: set `images: pinned`"
+            )),
+            _ => {}
+        }
+        let aws_region = (container["env"].as_array().into_iter().flatten())
+            .find(|variable| variable["name"] == "QUILLA_AWS__REGION")
+            .and_then(|variable| variable["value"].as_str());
+        if aws_region != Some(region.aws_region.as_str()) {
+            fail(&format!("env QUILLA_AWS__REGION is {aws_region:?}, expected `{}`", region.aws_region));
         }
     }
 }
@@ -280,28 +356,66 @@ fn check_network_policy(policy: &Value, fail: &mut impl FnMut(String)) {
 }
 
 /// Every `ipBlock.cidr` a NetworkPolicy admits or reaches.
-fn ip_blocks(policy: &Value) -> Vec<String> {
-    let ingress = policy["spec"]["ingress"].as_array().into_iter().flatten().map(|rule| &rule["from"]);
-    let egress = policy["spec"]["egress"].as_array().into_iter().flatten().map(|rule| &rule["to"]);
-    ingress
-        .chain(egress)
-        .flat_map(|peers| peers.as_array().into_iter().flatten())
-        .filter_map(|peer| peer["ipBlock"]["cidr"].as_str().map(str::to_owned))
-        .collect()
+/// The `ipBlock.cidr`s a NetworkPolicy admits (ingress) and reaches (egress).
+fn ip_blocks(policy: &Value) -> (Vec<String>, Vec<String>) {
+    let cidrs = |rules: &Value, peers: &str| -> Vec<String> {
+        (rules.as_array().into_iter().flatten())
+            .flat_map(|rule| rule[peers].as_array().cloned().unwrap_or_default())
+            .filter_map(|peer| peer["ipBlock"]["cidr"].as_str().map(str::to_owned))
+            .collect()
+    };
+    (cidrs(&policy["spec"]["ingress"], "from"), cidrs(&policy["spec"]["egress"], "to"))
 }
 
-/// A service's config file (key `config.toml`) must name the environment's AWS region.
-fn check_service_config(config_map: &Value, region: &RegionFile, fail: &mut impl FnMut(String)) {
-    let Some(text) = config_map["data"]["config.toml"].as_str() else { return };
-    match text.parse::<toml::Table>() {
-        Ok(table) => {
-            let configured = table.get("aws").and_then(|aws| aws.get("region")).and_then(toml::Value::as_str);
-            if configured != Some(region.aws_region.as_str()) {
-                fail(format!("config.toml: aws.region is {configured:?}, expected `{}`", region.aws_region));
+/// A service's ConfigMap: no layer may pick an AWS region (the pods get the environment's as
+/// QUILLA_AWS__REGION, checked on the pod), and `environment.toml`, which QUILLA_CONFIG lists, exists.
+fn check_service_config(config_map: &Value, fail: &mut impl FnMut(String)) {
+    let Some(data) = config_map["data"].as_object().filter(|data| data.contains_key("config.toml")) else { return };
+    for (name, text) in data {
+        match text.as_str().unwrap_or_default().parse::<toml::Table>() {
+            Ok(table) => {
+                if let Some(set) = table.get("aws").and_then(|aws| aws.get("region")) {
+                    fail(format!("{name} sets aws.region {set}: the environment sets it (QUILLA_AWS__REGION)"));
+                }
+            }
+            Err(error) => fail(format!("{name} is not TOML: {error}")),
+        }
+    }
+    if !data.contains_key("environment.toml") {
+        fail("no environment.toml: QUILLA_CONFIG lists it (gitops/apps/<service>/environment.toml)".into());
+    }
+}
+
+/// An environment's facts are consistent: its tiers inside its VPC, apart from each other and from
+/// the pods' addresses, so an ipBlock can never admit a pod.
+pub fn check_region_file(region: &RegionFile) -> Vec<String> {
+    let tiers = [
+        ("vpcCidr", &region.vpc_cidr),
+        ("albCidr", &region.alb_cidr),
+        ("dataCidr", &region.data_cidr),
+        ("podCidr", &region.pod_cidr),
+    ];
+    let mut parsed = Vec::new();
+    for (name, cidr) in tiers {
+        match cidr.parse::<Ipv4Net>() {
+            Ok(net) if net.trunc() == net => parsed.push((name, net)),
+            Ok(_) => return vec![format!("{name} `{cidr}` has host bits set")],
+            Err(error) => return vec![format!("{name} `{cidr}`: {error}")],
+        }
+    }
+    let mut problems = Vec::new();
+    let vpc = parsed[0].1;
+    for (i, (name, tier)) in parsed.iter().enumerate().skip(1) {
+        if !vpc.contains(tier) {
+            problems.push(format!("{name} {tier} is not inside vpcCidr {vpc}"));
+        }
+        for (other, other_tier) in parsed.iter().skip(i + 1) {
+            if tier.contains(other_tier) || other_tier.contains(tier) {
+                problems.push(format!("{name} {tier} overlaps {other} {other_tier}"));
             }
         }
-        Err(error) => fail(format!("config.toml is not TOML: {error}")),
     }
+    problems
 }
 
 fn has_disruption_budget(deployment: &Value, objects: &[Rendered]) -> bool {
@@ -329,9 +443,13 @@ mod tests {
             stage: stage.into(),
             aws_region: aws_region.into(),
             vpc_cidr: "10.0.0.0/16".into(),
+            alb_cidr: "10.0.0.0/20".into(),
+            data_cidr: "10.0.16.0/20".into(),
+            pod_cidr: "10.0.128.0/17".into(),
             host: format!("api.{name}.example"),
             secrets_prefix: format!("quilla/{name}/{stage}"),
             ecr_registry: format!("1.dkr.ecr.{aws_region}.amazonaws.com"),
+            images: ImagesState::Pinned,
         }
     }
 
@@ -365,6 +483,7 @@ mod tests {
                         "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
                             "seccompProfile": {"type": "RuntimeDefault"}},
                         "containers": [{"name": "app", "image": format!("registry/quilla/app@{DIGEST}"),
+                            "env": [{"name": "QUILLA_AWS__REGION", "value": "eu-south-2"}],
                             "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
                                 "capabilities": {"drop": ["ALL"]}},
                             "resources": {"requests": {"cpu": "1", "memory": "1Mi"},
@@ -384,13 +503,13 @@ mod tests {
                         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
                          "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]}]}}),
             json!({"apiVersion": "external-secrets.io/v1", "kind": "ClusterSecretStore",
-                "metadata": {"name": "aws"}, "spec": {"provider": {"aws": {"region": "eu-south-2"}}}}),
+                "metadata": {"name": "aws"}, "spec": {"provider": {"aws": {"region": "eu-south-2", "prefix": "quilla/spain/prod/"}}}}),
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "quilla"},
-                "data": {"config.toml": "[aws]\nregion = \"eu-south-2\"\n"}}),
+                "data": {"config.toml": "[server]\nport = 8080\n", "environment.toml": "[telemetry]\nlog_level = \"info\"\n"}}),
             json!({"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
                 "metadata": {"name": "notification-service", "namespace": "quilla"},
-                "spec": {"secretStoreRef": {"kind": "ClusterSecretStore", "name": "aws"}, "dataFrom": [{"extract": {"key": "quilla/spain/prod/rds-master-user"}}],
-                    "data": [{"secretKey": "k", "remoteRef": {"key": "quilla/spain/prod/webhook-signing-key"}}]}}),
+                "spec": {"secretStoreRef": {"kind": "ClusterSecretStore", "name": "aws"}, "dataFrom": [{"extract": {"key": "notification-service/database"}}],
+                    "data": [{"secretKey": "k", "remoteRef": {"key": "webhook-signing-key"}}]}}),
         ]
     }
 
@@ -409,6 +528,46 @@ mod tests {
 
     fn container(objects: &mut [Value]) -> &mut Value {
         &mut objects[2]["spec"]["template"]["spec"]["containers"][0]
+    }
+
+    #[test]
+    fn a_job_needs_pod_security_but_no_probes() {
+        let errors = errors_after(|o| {
+            let mut job = o[2].clone();
+            job["kind"] = json!("Job");
+            let container = &mut job["spec"]["template"]["spec"]["containers"][0];
+            container.as_object_mut().map(|c| (c.remove("readinessProbe"), c.remove("livenessProbe")));
+            o.push(job);
+        });
+        assert_eq!(errors, Vec::<String>::new());
+        refused("readOnlyRootFilesystem must be true", |o| {
+            let mut job = o[2].clone();
+            job["kind"] = json!("Job");
+            job["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] =
+                json!(false);
+            o.push(job);
+        });
+    }
+
+    /// The RDS CA bundle store and its ExternalSecret, as gitops/platform/rds-ca-bundle.yaml renders.
+    fn with_trust_store(objects: &mut Vec<Value>, url: &str, key: &str) {
+        objects.push(json!({"apiVersion": "external-secrets.io/v1", "kind": "ClusterSecretStore",
+            "metadata": {"name": "rds-ca-bundle"}, "spec": {"provider": {"webhook": {"url": url}}}}));
+        objects.push(json!({"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+            "metadata": {"name": "rds-ca-bundle", "namespace": "quilla"},
+            "spec": {"secretStoreRef": {"kind": "ClusterSecretStore", "name": "rds-ca-bundle"},
+                "data": [{"secretKey": "bundle.pem", "remoteRef": {"key": key}}]}}));
+    }
+
+    #[test]
+    fn a_webhook_store_reads_only_the_regions_rds_ca_bundle() {
+        let store = "https://truststore.pki.rds.amazonaws.com/{{ .remoteRef.key }}/{{ .remoteRef.key }}-bundle.pem";
+        assert_eq!(errors_after(|o| with_trust_store(o, store, "eu-south-2")), Vec::<String>::new());
+        refused("only https://truststore.pki.rds.amazonaws.com/", |o| {
+            with_trust_store(o, "https://attacker.example/{{ .remoteRef.key }}", "eu-south-2");
+        });
+        refused("is not the environment's region `eu-south-2`", |o| with_trust_store(o, store, "us-east-1"));
+        refused("(data residency)", |o| with_trust_store(o, store, "mx-central-1"));
     }
 
     #[test]
@@ -455,8 +614,8 @@ mod tests {
         });
         // A file:// reference in a plain value, and a ConfigMap as a source, are fine.
         let errors = errors_after(|o| {
-            container(o)["env"] =
-                json!([{"name": "QUILLA_DATABASE__URL", "value": "file:///var/run/secrets/quilla/database-url"}]);
+            container(o)["env"] = json!([{"name": "QUILLA_DATABASE__URL", "value": "file:///var/run/secrets/quilla/database-url"},
+                {"name": "QUILLA_AWS__REGION", "value": "eu-south-2"}]);
             container(o)["envFrom"] = json!([{"configMapRef": {"name": "settings"}}]);
         });
         assert_eq!(errors, Vec::<String>::new());
@@ -529,6 +688,40 @@ mod tests {
     }
 
     #[test]
+    fn placeholder_digests_only_while_region_yaml_says_so() {
+        let placeholder = format!("registry/quilla/app@{PLACEHOLDER_DIGEST}");
+        refused("the placeholder digest in an environment whose images are `pinned`", |o| {
+            container(o)["image"] = json!(placeholder.clone());
+        });
+        let mut waiting = spain();
+        waiting.images = ImagesState::Placeholder;
+        let errors = |change: &dyn Fn(&mut Vec<Value>)| {
+            let mut objects = good();
+            change(&mut objects);
+            let rendered: Vec<Rendered> = objects.into_iter().map(rendered).collect();
+            check(&waiting, &rendered, &all())
+        };
+        assert_eq!(errors(&|o| container(o)["image"] = json!(placeholder.clone())), Vec::<String>::new());
+        let stale = errors(&|_| {});
+        assert!(stale.iter().any(|e| e.contains("set `images: pinned`")), "{stale:?}");
+    }
+
+    #[test]
+    fn an_environments_tiers_sit_inside_its_vpc_apart_from_its_pods() {
+        assert_eq!(check_region_file(&spain()), Vec::<String>::new());
+        let with = |change: &dyn Fn(&mut RegionFile)| {
+            let mut region = spain();
+            change(&mut region);
+            check_region_file(&region).join("; ")
+        };
+        assert!(with(&|r| r.alb_cidr = "10.9.0.0/20".into()).contains("albCidr 10.9.0.0/20 is not inside vpcCidr"));
+        assert!(with(&|r| r.data_cidr = "10.0.128.0/24".into()).contains("dataCidr 10.0.128.0/24 overlaps podCidr"));
+        assert!(with(&|r| r.alb_cidr = "10.0.0.0/16".into()).contains("overlaps"));
+        assert!(with(&|r| r.pod_cidr = "10.0.128.1/17".into()).contains("host bits"));
+        assert!(with(&|r| r.vpc_cidr = "10.0.0.0/33".into()).contains("vpcCidr"));
+    }
+
+    #[test]
     fn data_stays_in_its_region() {
         refused("mx-central-1` of region mexico", |o| {
             o[6]["spec"]["provider"]["aws"]["region"] = json!("mx-central-1");
@@ -538,19 +731,34 @@ mod tests {
             container(o)["image"] = json!(format!("1.dkr.ecr.mx-central-1.amazonaws.com/app@{DIGEST}"))
         });
         refused("quilla/mexico/prod` of region mexico", |o| {
-            o.push(json!({"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret", "metadata": {"name": "e"},
-                "spec": {"dataFrom": [{"extract": {"key": "quilla/mexico/prod/rds-master-user"}}]}}));
+            o[6]["spec"]["provider"]["aws"]["prefix"] = json!("quilla/mexico/prod/");
         });
-        refused("aws.region", |o| o[7]["data"]["config.toml"] = json!("[aws]\nregion = \"eu-west-1\"\n"));
-        // A key an overlay forgot to patch keeps the base's placeholder.
-        refused(
-            "remote key `overlay-sets-this/webhook-signing-key` is not under the environment's `quilla/spain/prod/`",
-            |o| {
-                o[8]["spec"]["data"][0]["remoteRef"]["key"] = json!("overlay-sets-this/webhook-signing-key");
-            },
-        );
-        refused("remote key `quilla/spain/dev/rds-master-user`", |o| {
-            o[8]["spec"]["dataFrom"][0]["extract"]["key"] = json!("quilla/spain/dev/rds-master-user");
+        // The region comes from the environment, as QUILLA_AWS__REGION; no config layer picks one.
+        refused("env QUILLA_AWS__REGION is Some(\"mx-central-1\")", |o| {
+            container(o)["env"][0]["value"] = json!("mx-central-1");
+        });
+        refused("env QUILLA_AWS__REGION is None", |o| container(o)["env"] = json!([]));
+        refused("environment.toml sets aws.region", |o| {
+            o[7]["data"]["environment.toml"] = json!("[aws]\nregion = \"eu-south-2\"\n");
+        });
+        refused("config.toml sets aws.region", |o| {
+            o[7]["data"]["config.toml"] = json!("[aws]\nregion = \"eu-south-2\"\n")
+        });
+        refused("no environment.toml", |o| {
+            o[7]["data"].as_object_mut().map(|data| data.remove("environment.toml"));
+        });
+        // Keys are relative to the store's prefix, which must be the environment's.
+        refused("store prefix `quilla/spain/dev/`", |o| {
+            o[6]["spec"]["provider"]["aws"]["prefix"] = json!("quilla/spain/dev/");
+        });
+        refused("store prefix ``", |o| {
+            o[6]["spec"]["provider"]["aws"].as_object_mut().map(|aws| aws.remove("prefix"));
+        });
+        refused("remote key `quilla/spain/dev/notification-service/database` must be relative", |o| {
+            o[8]["spec"]["dataFrom"][0]["extract"]["key"] = json!("quilla/spain/dev/notification-service/database");
+        });
+        refused("remote key `../dev/webhook-signing-key` must be relative", |o| {
+            o[8]["spec"]["data"][0]["remoteRef"]["key"] = json!("../dev/webhook-signing-key");
         });
         refused("`find` and `sourceRef` are not allowed", |o| {
             o[8]["spec"]["dataFrom"][0] = json!({"find": {"name": {"regexp": ".*"}}});
@@ -561,9 +769,12 @@ mod tests {
         refused("is not a ClusterSecretStore this environment renders", |o| {
             o[8]["spec"]["secretStoreRef"]["name"] = json!("aws-secrets-manager-mexico");
         });
-        refused("not the region's VPC CIDR", |o| {
-            o[5]["spec"]["egress"] = json!([{"to": [{"ipBlock": {"cidr": "10.99.0.0/16"}}]}]);
+        refused("egress ipBlock 10.0.0.0/16 is not the environment's data tier 10.0.16.0/20", |o| {
+            o[5]["spec"]["egress"] = json!([{"to": [{"ipBlock": {"cidr": "10.0.0.0/16"}}]}]);
         });
-        refused("aws.region", |o| o[7]["data"]["config.toml"] = json!("[telemetry]\nlog_level = \"info\"\n"));
+        refused("ingress ipBlock 10.0.16.0/20 is not the environment's ALB tier 10.0.0.0/20", |o| {
+            o[5]["spec"]["ingress"][0]["from"] = json!([{"ipBlock": {"cidr": "10.0.16.0/20"}}]);
+        });
+        refused("config.toml is not TOML", |o| o[7]["data"]["config.toml"] = json!("[telemetry\n"));
     }
 }

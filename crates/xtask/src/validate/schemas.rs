@@ -9,7 +9,10 @@ use anyhow::{Context, bail, ensure};
 use super::Rendered;
 
 /// The Kubernetes version whose built-in schemas we validate against: one that EKS offers in standard support.
-pub const KUBERNETES_VERSION: &str = "1.33";
+/// 1.35: on EKS since January 2026, in standard support until 2027-03-27 (endoflife.date/amazon-eks); the EKS
+/// user guide's release calendar (versioning/kubernetes-versions.adoc) ends 1.33's on 2026-07-29 and 1.34's
+/// on 2026-12-02. kubernetes-validate 1.37.0 ships schemas up to 1.37 (its kubernetes-json-schema/ data).
+pub const KUBERNETES_VERSION: &str = "1.35";
 
 /// The API groups served by Kubernetes itself (validated by kubernetes-validate, not by a CRD schema).
 const BUILTIN_GROUPS: &[&str] = &[

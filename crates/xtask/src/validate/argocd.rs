@@ -1,0 +1,879 @@
+//! Rules over the rendered Argo CD objects (`gitops/argocd`) and the add-ons' platform objects
+//! (`gitops/argocd/addons-platform`): what keeps a cluster's add-ons and environments from being
+//! deleted, synced to prod without a person, half-rendered or unordered. Each rule has a unit test
+//! with a manifest that breaks it; gitops/README.md ("Argo CD rules") says why each one exists.
+
+use serde_json::Value;
+
+use super::Rendered;
+use super::policy::RegionFile;
+
+/// Where the Argo CD control plane's objects are rendered from.
+pub const ARGOCD_DIR: &str = "gitops/argocd";
+/// Where the objects the `addon-platform` ApplicationSet deploys are rendered from.
+pub const ADDONS_PLATFORM_DIR: &str = "gitops/argocd/addons-platform";
+
+/// Values in addons-platform that the ApplicationSet must replace with an environment's facts.
+const PLACEHOLDERS: &[&str] = &["192.0.2.0/24", "set-by-applicationset"];
+
+/// Charts that bring the CRDs other Applications use; their ApplicationSets sync in an earlier wave.
+const CRD_PROVIDERS: &[&str] = &["cert-manager", "external-secrets", "kube-prometheus-stack"];
+
+/// Namespaces left to EKS: no default deny is required there.
+const UNMANAGED_NAMESPACES: &[&str] = &["kube-system"];
+
+const SYNC_OPTIONS: &str = "argocd.argoproj.io/sync-options";
+const COMPARE_OPTIONS: &str = "argocd.argoproj.io/compare-options";
+const SYNC_WAVE: &str = "argocd.argoproj.io/sync-wave";
+
+/// Every rule broken by the objects rendered from `gitops/argocd` and its addons-platform, given every
+/// environment's region file. Objects from other sources are ignored. Empty when all rules hold.
+pub fn check(objects: &[Rendered], regions: &[RegionFile]) -> Vec<String> {
+    let control: Vec<&Rendered> = objects.iter().filter(|r| r.source == ARGOCD_DIR).collect();
+    let platform: Vec<&Rendered> = objects.iter().filter(|r| r.source == ADDONS_PLATFORM_DIR).collect();
+    let mut errors = Vec::new();
+    for rendered in &control {
+        let mut fail = |message: String| errors.push(format!("{}: {message}", rendered.describe()));
+        let object = &rendered.object;
+        match object["kind"].as_str().unwrap_or_default() {
+            "ApplicationSet" => check_application_set(object, &mut fail),
+            "Application" => check_application(object, &mut fail),
+            "AppProject" => check_project(object, &mut fail),
+            _ => {}
+        }
+    }
+    errors.extend(check_source_repos(&control, regions));
+    errors.extend(check_root(&control));
+    errors.extend(check_waves(&control));
+    errors.extend(check_default_deny(&control, &platform));
+    errors.extend(check_placeholders_patched(&control, &platform, regions));
+    errors
+}
+
+fn check_application_set(appset: &Value, fail: &mut impl FnMut(String)) {
+    let spec = &appset["spec"];
+    if spec["syncPolicy"]["preserveResourcesOnDeletion"] != true {
+        fail("spec.syncPolicy.preserveResourcesOnDeletion must be true: deleting or regenerating an Application would delete what it deployed".into());
+    }
+    if spec["goTemplate"] != true || !strings(&spec["goTemplateOptions"]).any(|o| o == "missingkey=error") {
+        fail("goTemplate with goTemplateOptions [missingkey=error] is required".into());
+    }
+    let template = &spec["template"];
+    if !template["spec"]["syncPolicy"]["automated"].is_null() {
+        fail(
+            "automated sync in the template syncs prod too: enable it in templatePatch under `if eq .stage \"dev\"`"
+                .into(),
+        );
+    }
+    let patch = spec["templatePatch"].as_str().unwrap_or_default();
+    if patch.contains("automated") && !patch.contains("if eq .stage \"dev\"") {
+        fail("templatePatch enables automated sync without `if eq .stage \"dev\"`: prod must wait for a person".into());
+    }
+    check_sync_policy(&template["metadata"], &template["spec"], fail);
+    check_sources(&template["spec"], fail);
+    for text in all_strings(template).chain(std::iter::once(patch)) {
+        if let Some(problem) = unguarded_index(text) {
+            fail(format!("template `{problem}`: `index` ignores missingkey=error; wrap it in `with ... else fail`"));
+        }
+    }
+    if has_cluster_generator(&spec["generators"]) {
+        let name = template["metadata"]["name"].as_str().unwrap_or_default();
+        if outputs_param(name, "name") {
+            fail(
+                "template metadata.name uses the cluster's `.name`: use `.nameNormalized`, a valid resource name"
+                    .into(),
+            );
+        }
+    }
+}
+
+fn check_application(app: &Value, fail: &mut impl FnMut(String)) {
+    let spec = &app["spec"];
+    check_sync_policy(&app["metadata"], spec, fail);
+    check_sources(spec, fail);
+    if !spec["syncPolicy"]["automated"].is_null() && spec["destination"]["name"] != "in-cluster" {
+        fail("only Applications on the management cluster (destination name in-cluster) may sync automatically; workload clusters are generated by ApplicationSets".into());
+    }
+}
+
+/// Retries with backoff, and server-side diff wherever server-side apply is used.
+fn check_sync_policy(metadata: &Value, spec: &Value, fail: &mut impl FnMut(String)) {
+    let policy = &spec["syncPolicy"];
+    let retry = &policy["retry"];
+    let backoff = &retry["backoff"];
+    let retries = retry["limit"].as_i64().unwrap_or(0);
+    let factor = backoff["factor"].as_i64().unwrap_or(0);
+    if retries < 1 || factor < 2 || backoff["duration"].as_str().is_none() || backoff["maxDuration"].as_str().is_none()
+    {
+        fail("syncPolicy.retry needs a limit and a backoff (duration, factor >= 2, maxDuration)".into());
+    }
+    if strings(&policy["syncOptions"]).any(|o| o == "ServerSideApply=true") {
+        let compare = metadata["annotations"][COMPARE_OPTIONS].as_str().unwrap_or_default();
+        if !compare.split(',').any(|o| o.trim() == "ServerSideDiff=true") {
+            fail(format!(
+                "ServerSideApply=true without `{COMPARE_OPTIONS}: ServerSideDiff=true` shows CRD-defaulted fields as drift"
+            ));
+        }
+    }
+}
+
+/// Helm sources: an exact chart version, an explicit release name, and the chart's CRDs protected.
+fn check_sources(spec: &Value, fail: &mut impl FnMut(String)) {
+    for source in sources(spec) {
+        let Some(chart) = source["chart"].as_str() else { continue };
+        let version = source["targetRevision"].as_str().unwrap_or_default();
+        if !is_exact_version(version) {
+            fail(format!("chart {chart}: targetRevision `{version}` is not an exact version"));
+        }
+        if source["helm"]["releaseName"].as_str().is_none_or(str::is_empty) {
+            fail(format!("chart {chart}: helm.releaseName is required (else resource names follow the Application's)"));
+        }
+        if let Some(problem) = crd_protection_problem(chart, &source["helm"]["valuesObject"]) {
+            fail(format!("chart {chart}: {problem}"));
+        }
+    }
+}
+
+/// Why a chart that installs CRDs does not mark them to survive deletion and pruning, if it does not.
+fn crd_protection_problem(chart: &str, values: &Value) -> Option<&'static str> {
+    match chart {
+        "external-secrets" => {
+            let options = values["crds"]["annotations"][SYNC_OPTIONS].as_str().unwrap_or_default();
+            let set: Vec<&str> = options.split(',').map(str::trim).collect();
+            (values["installCRDs"] != true || !set.contains(&"Delete=false") || !set.contains(&"Prune=false"))
+                .then_some(
+                    "installCRDs with crds.annotations `argocd.argoproj.io/sync-options: Delete=false,Prune=false`",
+                )
+        }
+        "cert-manager" => (values["crds"]["enabled"] != true || values["crds"]["keep"] != true)
+            .then_some("crds.enabled and crds.keep (helm.sh/resource-policy: keep, Argo CD's Delete=false)"),
+        _ => None,
+    }
+}
+
+fn check_project(project: &Value, fail: &mut impl FnMut(String)) {
+    let name = project["metadata"]["name"].as_str().unwrap_or_default();
+    let spec = &project["spec"];
+    let stage = ["dev", "prod"].into_iter().find(|stage| name.ends_with(&format!("-{stage}")));
+    for destination in spec["destinations"].as_array().into_iter().flatten() {
+        let server = destination["server"].as_str().unwrap_or_default();
+        let cluster = destination["name"].as_str().unwrap_or_default();
+        if server == "*" || cluster == "*" || (server.is_empty() && cluster.is_empty()) {
+            fail(format!("destination {destination} admits every cluster"));
+        } else if let Some(stage) = stage
+            && !(server.is_empty() && cluster.ends_with(&format!("-{stage}")))
+        {
+            fail(format!("destination {destination} is not restricted to `*-{stage}` clusters by name"));
+        }
+    }
+    if spec["roles"].as_array().is_none_or(Vec::is_empty) {
+        fail("no roles: say who may see and sync the project's Applications".into());
+    }
+    if stage == Some("prod") {
+        let windows = spec["syncWindows"].as_array().cloned().unwrap_or_default();
+        let gated = windows.iter().any(|w| (w["kind"] == "allow" && w["manualSync"] != true) || w["kind"] == "deny");
+        if !gated {
+            fail("a prod project needs a sync window (allow without manualSync, or deny)".into());
+        }
+    }
+}
+
+/// Every Application's source repository is one its project admits (a templated project is checked
+/// for every stage of the environments).
+fn check_source_repos(control: &[&Rendered], regions: &[RegionFile]) -> Vec<String> {
+    let mut errors = Vec::new();
+    let project_repos = |name: &str| -> Option<Vec<String>> {
+        let project =
+            control.iter().find(|r| r.object["kind"] == "AppProject" && r.object["metadata"]["name"] == name)?;
+        Some(strings(&project.object["spec"]["sourceRepos"]).map(str::to_owned).collect())
+    };
+    for rendered in control {
+        let spec = match rendered.object["kind"].as_str() {
+            Some("Application") => &rendered.object["spec"],
+            Some("ApplicationSet") => &rendered.object["spec"]["template"]["spec"],
+            _ => continue,
+        };
+        let project = spec["project"].as_str().unwrap_or_default();
+        let mut names: Vec<String> = regions.iter().filter_map(|region| substitute(project, region)).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let Some(repos) = project_repos(&name) else {
+                errors.push(format!("{}: project {name} does not exist", rendered.describe()));
+                continue;
+            };
+            for source in sources(spec) {
+                let repo = source["repoURL"].as_str().unwrap_or_default();
+                if !repos.iter().any(|allowed| allowed == repo) {
+                    errors.push(format!("{}: project {name} does not admit source {repo}", rendered.describe()));
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// The root Application keeps gitops/argocd itself in sync.
+fn check_root(control: &[&Rendered]) -> Vec<String> {
+    let root =
+        control.iter().any(|r| r.object["kind"] == "Application" && r.object["spec"]["source"]["path"] == ARGOCD_DIR);
+    if root || control.is_empty() {
+        return Vec::new();
+    }
+    vec![format!("{ARGOCD_DIR}: no Application syncs {ARGOCD_DIR} itself (app of apps): its sync waves would be inert")]
+}
+
+/// Sync waves of the root Application: projects, then the CRD providers, then the other add-ons,
+/// then the environments.
+fn check_waves(control: &[&Rendered]) -> Vec<String> {
+    let wave = |r: &Rendered| -> i64 {
+        r.object["metadata"]["annotations"][SYNC_WAVE].as_str().and_then(|w| w.parse().ok()).unwrap_or(0)
+    };
+    let mut tiers: [Vec<&Rendered>; 4] = Default::default();
+    for rendered in control {
+        let tier = match rendered.object["kind"].as_str() {
+            Some("AppProject") => 0,
+            Some("ApplicationSet") => {
+                let template = &rendered.object["spec"]["template"]["spec"];
+                let chart = sources(template).find_map(|s| s["chart"].as_str()).unwrap_or_default();
+                if CRD_PROVIDERS.contains(&chart) {
+                    1
+                } else if sources(template).any(|s| s["path"].as_str().is_some_and(|p| p.contains(".path.path"))) {
+                    3
+                } else {
+                    2
+                }
+            }
+            _ => continue,
+        };
+        tiers[tier].push(rendered);
+    }
+    let what = ["AppProjects", "the add-ons that bring CRDs", "the other add-ons", "the environments"];
+    let mut errors = Vec::new();
+    for earlier in 0..tiers.len() {
+        for later in earlier + 1..tiers.len() {
+            for a in &tiers[earlier] {
+                for b in &tiers[later] {
+                    if wave(a) >= wave(b) {
+                        errors.push(format!(
+                            "{}: sync wave {} must be below the wave {} of {} ({})",
+                            a.describe(),
+                            wave(a),
+                            wave(b),
+                            b.describe(),
+                            format_args!("{} before {}", what[earlier], what[later]),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// Every add-on namespace (but kube-system) gets a default-deny NetworkPolicy from addons-platform,
+/// which some ApplicationSet deploys.
+fn check_default_deny(control: &[&Rendered], platform: &[&Rendered]) -> Vec<String> {
+    let mut errors = Vec::new();
+    let addon_sets: Vec<&&Rendered> = control
+        .iter()
+        .filter(|r| {
+            r.object["kind"] == "ApplicationSet"
+                && r.object["spec"]["template"]["spec"]["project"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("quilla-addons"))
+        })
+        .collect();
+    if !addon_sets.is_empty()
+        && !addon_sets
+            .iter()
+            .any(|r| sources(&r.object["spec"]["template"]["spec"]).any(|s| s["path"] == ADDONS_PLATFORM_DIR))
+    {
+        errors.push(format!("{ARGOCD_DIR}: no add-on ApplicationSet deploys {ADDONS_PLATFORM_DIR}"));
+    }
+    for rendered in addon_sets {
+        let Some(namespace) = rendered.object["spec"]["template"]["spec"]["destination"]["namespace"].as_str() else {
+            continue;
+        };
+        if UNMANAGED_NAMESPACES.contains(&namespace) {
+            continue;
+        }
+        let denied = platform.iter().any(|p| {
+            let o = &p.object;
+            o["kind"] == "NetworkPolicy" && o["metadata"]["namespace"] == namespace && is_default_deny(o)
+        });
+        if !denied {
+            errors.push(format!(
+                "{}: namespace {namespace} has no default-deny NetworkPolicy in {ADDONS_PLATFORM_DIR}",
+                rendered.describe()
+            ));
+        }
+    }
+    errors
+}
+
+fn is_default_deny(policy: &Value) -> bool {
+    let spec = &policy["spec"];
+    let types: Vec<&str> = strings(&spec["policyTypes"]).collect();
+    spec["podSelector"].as_object().is_some_and(serde_json::Map::is_empty)
+        && types.contains(&"Ingress")
+        && types.contains(&"Egress")
+        && spec["ingress"].as_array().is_none_or(Vec::is_empty)
+        && spec["egress"].as_array().is_none_or(Vec::is_empty)
+}
+
+/// Applies the kustomize patches of the ApplicationSet that deploys addons-platform, with each
+/// environment's facts, and refuses any placeholder that survives (or a patch that does not apply).
+fn check_placeholders_patched(control: &[&Rendered], platform: &[&Rendered], regions: &[RegionFile]) -> Vec<String> {
+    if platform.is_empty() {
+        return Vec::new();
+    }
+    let appset = control.iter().find(|r| {
+        r.object["kind"] == "ApplicationSet"
+            && sources(&r.object["spec"]["template"]["spec"]).any(|s| s["path"] == ADDONS_PLATFORM_DIR)
+    });
+    let patches: Vec<Value> = appset
+        .map(|r| {
+            sources(&r.object["spec"]["template"]["spec"])
+                .flat_map(|s| s["kustomize"]["patches"].as_array().cloned().unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut errors = Vec::new();
+    for region in regions {
+        let environment = format!("environments/{}/{}", region.region, region.stage);
+        let mut objects: Vec<Value> = platform.iter().map(|r| r.object.clone()).collect();
+        for patch in &patches {
+            if let Err(problem) = apply_patch(patch, region, &mut objects) {
+                errors.push(format!("{ADDONS_PLATFORM_DIR} for {environment}: {problem}"));
+            }
+        }
+        for (object, rendered) in objects.iter().zip(platform) {
+            for (pointer, text) in pointers(object, String::new()) {
+                if let Some(placeholder) = PLACEHOLDERS.iter().find(|p| text.contains(*p)) {
+                    errors.push(format!(
+                        "{}: {pointer} keeps the placeholder `{placeholder}` for {environment}: no patch of the ApplicationSet replaces it",
+                        rendered.describe()
+                    ));
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// One kustomize patch (a JSON 6902 `replace` list with a kind/name/labelSelector target), with
+/// `{{ .param }}` taken from the region file, applied to the matching objects.
+fn apply_patch(patch: &Value, region: &RegionFile, objects: &mut [Value]) -> Result<(), String> {
+    let target = &patch["target"];
+    let text = patch["patch"].as_str().ok_or("a patch without a `patch` string")?;
+    let text = substitute(text, region).ok_or_else(|| format!("patch `{text}` uses an unknown parameter"))?;
+    let operations: Value = serde_norway::from_str(&text).map_err(|e| format!("patch `{text}`: {e}"))?;
+    let mut matched = 0;
+    for object in objects.iter_mut().filter(|o| matches_target(o, target)) {
+        matched += 1;
+        for operation in operations.as_array().into_iter().flatten() {
+            let path = operation["path"].as_str().unwrap_or_default();
+            if operation["op"] != "replace" {
+                return Err(format!("patch operation {operation}: only `replace` is checked here"));
+            }
+            let slot =
+                object.pointer_mut(path).ok_or_else(|| format!("patch path {path} does not exist in a target"))?;
+            *slot = operation["value"].clone();
+        }
+    }
+    if matched == 0 {
+        return Err(format!("patch target {target} matches no object"));
+    }
+    Ok(())
+}
+
+fn matches_target(object: &Value, target: &Value) -> bool {
+    let kind = target["kind"].as_str().is_none_or(|k| object["kind"] == k);
+    let name = target["name"].as_str().is_none_or(|n| object["metadata"]["name"] == n);
+    let labels = target["labelSelector"].as_str().is_none_or(|selector| {
+        selector.split(',').all(|pair| match pair.split_once('=') {
+            Some((key, value)) => object["metadata"]["labels"][key.trim()] == value.trim(),
+            None => false,
+        })
+    });
+    kind && name && labels
+}
+
+/// `text` with each `{{ .param }}` replaced by the region file's value (`nameNormalized` is the
+/// cluster name convention, quilla-<region>-<stage>); `None` when it uses any other template action.
+fn substitute(text: &str, region: &RegionFile) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find("}}")? + start;
+        let action = rest[start + 2..end].trim().trim_matches('-').trim();
+        let value = match action.strip_prefix('.')? {
+            "region" => region.region.clone(),
+            "stage" => region.stage.clone(),
+            "awsRegion" => region.aws_region.clone(),
+            "vpcCidr" => region.vpc_cidr.clone(),
+            "secretsPrefix" => region.secrets_prefix.clone(),
+            "host" => region.host.clone(),
+            "ecrRegistry" => region.ecr_registry.clone(),
+            "nameNormalized" => format!("quilla-{}-{}", region.region, region.stage),
+            _ => return None,
+        };
+        out.push_str(&value);
+        rest = &rest[end + 2..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// The first template action of `text` that calls `index .metadata...` outside a `with`/`if` whose
+/// template also calls `fail`.
+fn unguarded_index(text: &str) -> Option<String> {
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let end = rest[start..].find("}}").map_or(rest.len(), |e| e + start + 2);
+        let action = &rest[start..end];
+        if action.contains("index .metadata") {
+            let body = action.trim_start_matches("{{").trim_start_matches('-').trim_start();
+            if !(body.starts_with("with ") || body.starts_with("if ")) || !text.contains("fail") {
+                return Some(action.to_owned());
+            }
+        }
+        rest = &rest[end..];
+    }
+    None
+}
+
+/// Whether `text` prints the parameter `.param` itself (`{{ .param }}`), as opposed to using it in a check.
+fn outputs_param(text: &str, param: &str) -> bool {
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let Some(end) = rest[start..].find("}}").map(|e| e + start) else { return false };
+        let action = rest[start + 2..end].trim().trim_matches('-').trim();
+        if action == format!(".{param}") {
+            return true;
+        }
+        rest = &rest[end + 2..];
+    }
+    false
+}
+
+fn has_cluster_generator(generators: &Value) -> bool {
+    generators.as_array().into_iter().flatten().any(|g| {
+        !g["clusters"].is_null()
+            || has_cluster_generator(&g["matrix"]["generators"])
+            || has_cluster_generator(&g["merge"]["generators"])
+    })
+}
+
+fn is_exact_version(version: &str) -> bool {
+    let parts: Vec<&str> = version.strip_prefix('v').unwrap_or(version).split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `spec.source` and every `spec.sources[]`.
+fn sources(spec: &Value) -> impl Iterator<Item = &Value> {
+    std::iter::once(&spec["source"]).filter(|s| s.is_object()).chain(spec["sources"].as_array().into_iter().flatten())
+}
+
+fn strings(value: &Value) -> impl Iterator<Item = &str> {
+    value.as_array().into_iter().flatten().filter_map(Value::as_str)
+}
+
+/// Every string in `value`, recursively.
+fn all_strings(value: &Value) -> Box<dyn Iterator<Item = &str> + '_> {
+    match value {
+        Value::String(text) => Box::new(std::iter::once(text.as_str())),
+        Value::Array(items) => Box::new(items.iter().flat_map(all_strings)),
+        Value::Object(map) => Box::new(map.values().flat_map(all_strings)),
+        _ => Box::new(std::iter::empty()),
+    }
+}
+
+/// Every string in `value` with its JSON pointer.
+fn pointers(value: &Value, at: String) -> Vec<(String, String)> {
+    match value {
+        Value::String(text) => vec![(at, text.clone())],
+        Value::Array(items) => items.iter().enumerate().flat_map(|(i, v)| pointers(v, format!("{at}/{i}"))).collect(),
+        Value::Object(map) => map.iter().flat_map(|(k, v)| pointers(v, format!("{at}/{k}"))).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A compliant set of objects passes; each rule has a test that breaks it in one place.
+
+    use super::*;
+    use serde_json::json;
+
+    fn region(name: &str, stage: &str) -> RegionFile {
+        RegionFile {
+            region: name.into(),
+            stage: stage.into(),
+            aws_region: "eu-south-2".into(),
+            vpc_cidr: "10.21.0.0/16".into(),
+            alb_cidr: "10.21.0.0/20".into(),
+            data_cidr: "10.21.16.0/20".into(),
+            pod_cidr: "10.21.128.0/17".into(),
+            host: "api.example".into(),
+            secrets_prefix: format!("quilla/{name}/{stage}"),
+            ecr_registry: "111111111111.dkr.ecr.eu-south-2.amazonaws.com".into(),
+            images: super::super::policy::ImagesState::Pinned,
+        }
+    }
+
+    fn regions() -> Vec<RegionFile> {
+        vec![region("spain", "dev"), region("spain", "prod")]
+    }
+
+    const GUARD: &str = "{{ if ne .name (printf \"quilla-%s-%s\" .region .stage) }}{{ fail \"bad name\" }}{{ end }}";
+
+    fn project(name: &str, pattern: &str, repos: &[&str]) -> Value {
+        let mut project = json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "AppProject",
+            "metadata": { "name": name, "namespace": "argocd", "annotations": { SYNC_WAVE: "-3" } },
+            "spec": {
+                "sourceRepos": repos,
+                "destinations": [{ "name": pattern, "namespace": "monitoring" }],
+                "roles": [{ "name": "viewer", "policies": [format!("p, proj:{name}:viewer, applications, get, {name}/*, allow")] }]
+            }
+        });
+        if name.ends_with("-prod") {
+            project["spec"]["syncWindows"] = json!([{ "kind": "allow", "schedule": "0 9 * * 1-4", "duration": "7h", "applications": ["*"], "manualSync": false }]);
+        }
+        project
+    }
+
+    fn retry() -> Value {
+        json!({ "limit": 10, "backoff": { "duration": "10s", "factor": 2, "maxDuration": "5m" } })
+    }
+
+    fn addon(name: &str, wave: &str, source: Value, namespace: &str) -> Value {
+        json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "ApplicationSet",
+            "metadata": { "name": format!("addon-{name}"), "namespace": "argocd", "annotations": { SYNC_WAVE: wave } },
+            "spec": {
+                "goTemplate": true,
+                "goTemplateOptions": ["missingkey=error"],
+                "generators": [{ "matrix": { "generators": [
+                    { "git": { "repoURL": "https://git.example/quilla.git", "revision": "main", "files": [{ "path": "environments/*/*/region.yaml" }] } },
+                    { "clusters": { "selector": { "matchLabels": { "quilla.io/region": "{{ .region }}" } } } }
+                ] } }],
+                "template": {
+                    "metadata": {
+                        "name": format!("{GUARD}{name}-{{{{ .nameNormalized }}}}"),
+                        "annotations": { COMPARE_OPTIONS: "ServerSideDiff=true" }
+                    },
+                    "spec": {
+                        "project": "quilla-addons-{{ .stage }}",
+                        "source": source,
+                        "destination": { "server": "{{ .server }}", "namespace": namespace },
+                        "syncPolicy": { "syncOptions": ["ServerSideApply=true"], "retry": retry() }
+                    }
+                },
+                "templatePatch": "{{- if eq .stage \"dev\" }}\nspec:\n  syncPolicy:\n    automated: {prune: true}\n{{- end }}\n",
+                "syncPolicy": { "preserveResourcesOnDeletion": true }
+            }
+        })
+    }
+
+    fn chart(chart: &str, version: &str, values: Value) -> Value {
+        json!({ "repoURL": "https://charts.example", "chart": chart, "targetRevision": version,
+                "helm": { "releaseName": chart, "valuesObject": values } })
+    }
+
+    fn eso_values() -> Value {
+        json!({
+            "installCRDs": true,
+            "crds": { "annotations": { SYNC_OPTIONS: "Delete=false,Prune=false" } },
+            "serviceAccount": { "annotations": { "eks.amazonaws.com/role-arn":
+                "{{ with index .metadata.annotations \"role\" }}{{ . }}{{ else }}{{ fail \"no role\" }}{{ end }}" } }
+        })
+    }
+
+    fn platform_source() -> Value {
+        json!({
+            "repoURL": "https://git.example/quilla.git", "targetRevision": "main", "path": ADDONS_PLATFORM_DIR,
+            "kustomize": { "patches": [{
+                "target": { "kind": "NetworkPolicy", "labelSelector": "quilla.io/vpc-cidr=ingress" },
+                "patch": "[{\"op\": \"replace\", \"path\": \"/spec/ingress/0/from/0/ipBlock/cidr\", \"value\": \"{{ .vpcCidr }}\"}]"
+            }] }
+        })
+    }
+
+    fn environments() -> Value {
+        let mut appset = addon(
+            "environments",
+            "0",
+            json!({ "repoURL": "https://git.example/quilla.git", "targetRevision": "main", "path": "{{ .path.path }}" }),
+            "quilla",
+        );
+        appset["spec"]["template"]["metadata"]["name"] =
+            json!(format!("{GUARD}quilla-{{{{ .region }}}}-{{{{ .stage }}}}"));
+        appset["spec"]["template"]["spec"]["project"] = json!("quilla-{{ .stage }}");
+        appset["metadata"]["name"] = json!("environments");
+        appset
+    }
+
+    fn root() -> Value {
+        json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+            "metadata": { "name": "root", "namespace": "argocd", "annotations": { COMPARE_OPTIONS: "ServerSideDiff=true" } },
+            "spec": {
+                "project": "quilla-root",
+                "source": { "repoURL": "https://git.example/quilla.git", "targetRevision": "main", "path": ARGOCD_DIR },
+                "destination": { "name": "in-cluster", "namespace": "argocd" },
+                "syncPolicy": { "automated": { "selfHeal": true }, "syncOptions": ["ServerSideApply=true"], "retry": retry() }
+            }
+        })
+    }
+
+    fn control() -> Vec<Value> {
+        let repos = ["https://git.example/quilla.git", "https://charts.example"];
+        vec![
+            project("quilla-dev", "quilla-*-dev", &repos[..1]),
+            project("quilla-prod", "quilla-*-prod", &repos[..1]),
+            project("quilla-addons-dev", "quilla-*-dev", &repos),
+            project("quilla-addons-prod", "quilla-*-prod", &repos),
+            project("quilla-root", "in-cluster", &repos[..1]),
+            root(),
+            addon("external-secrets", "-2", chart("external-secrets", "2.9.0", eso_values()), "external-secrets"),
+            addon("platform", "-1", platform_source(), "monitoring"),
+            addon("jaeger", "-1", chart("jaeger", "4.11.1", json!({})), "observability"),
+            environments(),
+        ]
+    }
+
+    fn policy(namespace: &str, name: &str, spec: Value, labels: Value) -> Value {
+        json!({ "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": { "name": name, "namespace": namespace, "labels": labels }, "spec": spec })
+    }
+
+    fn platform() -> Vec<Value> {
+        let deny = json!({ "podSelector": {}, "policyTypes": ["Ingress", "Egress"] });
+        let mut objects: Vec<Value> = ["external-secrets", "monitoring", "observability"]
+            .into_iter()
+            .map(|namespace| policy(namespace, "default-deny", deny.clone(), json!({})))
+            .collect();
+        objects.push(policy(
+            "external-secrets",
+            "allow-webhook",
+            json!({ "podSelector": {}, "policyTypes": ["Ingress"],
+                    "ingress": [{ "from": [{ "ipBlock": { "cidr": "192.0.2.0/24" } }], "ports": [{ "port": 10250 }] }] }),
+            json!({ "quilla.io/vpc-cidr": "ingress" }),
+        ));
+        objects
+    }
+
+    fn rendered(control: Vec<Value>, platform: Vec<Value>) -> Vec<Rendered> {
+        let control = control.into_iter().map(|object| Rendered { source: ARGOCD_DIR.to_owned(), object });
+        let platform = platform.into_iter().map(|object| Rendered { source: ADDONS_PLATFORM_DIR.to_owned(), object });
+        control.chain(platform).collect()
+    }
+
+    fn errors_after(change: impl FnOnce(&mut Vec<Value>, &mut Vec<Value>)) -> Vec<String> {
+        let (mut control, mut platform) = (control(), platform());
+        change(&mut control, &mut platform);
+        check(&rendered(control, platform), &regions())
+    }
+
+    /// The change breaks exactly the rule whose message contains `expected` (and maybe others with it).
+    fn refused(expected: &str, change: impl FnOnce(&mut Vec<Value>, &mut Vec<Value>)) {
+        let errors = errors_after(change);
+        assert!(errors.iter().any(|e| e.contains(expected)), "expected `{expected}` in {errors:#?}");
+    }
+
+    fn named<'a>(objects: &'a mut [Value], name: &str) -> &'a mut Value {
+        objects.iter_mut().find(|o| o["metadata"]["name"] == name).expect("object")
+    }
+
+    #[test]
+    fn the_compliant_objects_pass() {
+        assert_eq!(errors_after(|_, _| {}), Vec::<String>::new());
+    }
+
+    #[test]
+    fn other_sources_are_ignored() {
+        let objects =
+            vec![Rendered { source: "environments/spain/dev".into(), object: json!({ "kind": "ApplicationSet" }) }];
+        assert_eq!(check(&objects, &regions()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_application_set_must_preserve_resources_on_deletion() {
+        refused("preserveResourcesOnDeletion must be true", |c, _| {
+            named(c, "addon-jaeger")["spec"]["syncPolicy"] = json!({});
+        });
+    }
+
+    #[test]
+    fn templates_need_missingkey_error() {
+        refused("missingkey=error", |c, _| {
+            named(c, "addon-jaeger")["spec"]["goTemplateOptions"] = json!([]);
+        });
+    }
+
+    #[test]
+    fn automated_sync_is_for_dev_only() {
+        refused("automated sync in the template syncs prod too", |c, _| {
+            named(c, "addon-jaeger")["spec"]["template"]["spec"]["syncPolicy"]["automated"] = json!({ "prune": true });
+        });
+        refused("templatePatch enables automated sync without", |c, _| {
+            named(c, "addon-jaeger")["spec"]["templatePatch"] = json!("spec:\n  syncPolicy:\n    automated: {}\n");
+        });
+        refused("only Applications on the management cluster", |c, _| {
+            named(c, "root")["spec"]["destination"] = json!({ "name": "quilla-spain-prod", "namespace": "argocd" });
+        });
+    }
+
+    #[test]
+    fn every_application_retries_with_backoff() {
+        refused("syncPolicy.retry needs a limit and a backoff", |c, _| {
+            named(c, "addon-jaeger")["spec"]["template"]["spec"]["syncPolicy"]["retry"] = Value::Null;
+        });
+        refused("syncPolicy.retry needs a limit and a backoff", |c, _| {
+            named(c, "root")["spec"]["syncPolicy"]["retry"]["backoff"]["factor"] = json!(1);
+        });
+    }
+
+    #[test]
+    fn server_side_apply_needs_server_side_diff() {
+        refused("without `argocd.argoproj.io/compare-options: ServerSideDiff=true`", |c, _| {
+            named(c, "addon-jaeger")["spec"]["template"]["metadata"]["annotations"] = json!({});
+        });
+        refused("without `argocd.argoproj.io/compare-options: ServerSideDiff=true`", |c, _| {
+            named(c, "root")["metadata"]["annotations"][COMPARE_OPTIONS] = json!("IncludeMutationWebhook=true");
+        });
+    }
+
+    #[test]
+    fn index_on_cluster_metadata_must_fail_when_missing() {
+        refused("`index` ignores missingkey=error", |c, _| {
+            named(c, "addon-external-secrets")["spec"]["template"]["spec"]["source"]["helm"]["valuesObject"]["serviceAccount"]
+                ["annotations"]["eks.amazonaws.com/role-arn"] = json!("{{ index .metadata.annotations \"role\" }}");
+        });
+        assert_eq!(
+            unguarded_index("{{ with index .metadata.labels \"x\" }}{{ . }}{{ else }}{{ fail \"x\" }}{{ end }}"),
+            None
+        );
+        assert!(unguarded_index("{{ with index .metadata.labels \"x\" }}{{ . }}{{ end }}").is_some());
+    }
+
+    #[test]
+    fn application_names_use_the_normalized_cluster_name() {
+        refused("use `.nameNormalized`", |c, _| {
+            named(c, "addon-jaeger")["spec"]["template"]["metadata"]["name"] =
+                json!(format!("{GUARD}jaeger-{{{{ .name }}}}"));
+        });
+    }
+
+    #[test]
+    fn charts_are_pinned_and_named() {
+        refused("targetRevision `4.x` is not an exact version", |c, _| {
+            named(c, "addon-jaeger")["spec"]["template"]["spec"]["source"]["targetRevision"] = json!("4.x");
+        });
+        refused("helm.releaseName is required", |c, _| {
+            named(c, "addon-jaeger")["spec"]["template"]["spec"]["source"]["helm"]["releaseName"] = json!("");
+        });
+        assert!(is_exact_version("v1.21.1") && is_exact_version("88.5.3"));
+        assert!(!is_exact_version("1.2") && !is_exact_version("HEAD") && !is_exact_version("1.2.*"));
+    }
+
+    #[test]
+    fn chart_crds_survive_deletion_and_pruning() {
+        refused("chart external-secrets: installCRDs with crds.annotations", |c, _| {
+            named(c, "addon-external-secrets")["spec"]["template"]["spec"]["source"]["helm"]["valuesObject"]["crds"]
+                ["annotations"][SYNC_OPTIONS] = json!("Delete=false");
+        });
+        assert!(
+            crd_protection_problem("cert-manager", &json!({ "crds": { "enabled": true, "keep": false } })).is_some()
+        );
+        assert!(
+            crd_protection_problem("cert-manager", &json!({ "crds": { "enabled": true, "keep": true } })).is_none()
+        );
+    }
+
+    #[test]
+    fn projects_admit_only_their_stage_and_have_roles_and_prod_windows() {
+        refused("admits every cluster", |c, _| {
+            named(c, "quilla-dev")["spec"]["destinations"] = json!([{ "server": "*", "namespace": "quilla" }]);
+        });
+        refused("is not restricted to `*-prod` clusters by name", |c, _| {
+            named(c, "quilla-addons-prod")["spec"]["destinations"][0]["name"] = json!("quilla-spain-dev");
+        });
+        refused("no roles", |c, _| {
+            named(c, "quilla-dev")["spec"]["roles"] = json!([]);
+        });
+        refused("a prod project needs a sync window", |c, _| {
+            named(c, "quilla-prod")["spec"]["syncWindows"][0]["manualSync"] = json!(true);
+        });
+    }
+
+    #[test]
+    fn sources_must_be_admitted_by_the_project() {
+        refused("project quilla-addons-prod does not admit source https://charts.example", |c, _| {
+            named(c, "quilla-addons-prod")["spec"]["sourceRepos"] = json!(["https://git.example/quilla.git"]);
+        });
+        refused("project quilla-addons-dev does not exist", |c, _| {
+            c.retain(|o| o["metadata"]["name"] != "quilla-addons-dev");
+        });
+    }
+
+    #[test]
+    fn a_root_application_syncs_gitops_argocd() {
+        refused("no Application syncs gitops/argocd itself", |c, _| {
+            c.retain(|o| o["kind"] != "Application");
+        });
+    }
+
+    #[test]
+    fn waves_put_projects_then_crd_providers_then_add_ons_then_environments() {
+        refused("the add-ons that bring CRDs before the other add-ons", |c, _| {
+            named(c, "addon-external-secrets")["metadata"]["annotations"][SYNC_WAVE] = json!("-1");
+        });
+        refused("the other add-ons before the environments", |c, _| {
+            named(c, "environments")["metadata"]["annotations"][SYNC_WAVE] = json!("-1");
+        });
+        refused("AppProjects before", |c, _| {
+            named(c, "quilla-dev")["metadata"]["annotations"][SYNC_WAVE] = json!("5");
+        });
+    }
+
+    #[test]
+    fn every_add_on_namespace_denies_by_default() {
+        refused("namespace observability has no default-deny NetworkPolicy", |_, p| {
+            p.retain(|o| o["metadata"]["namespace"] != "observability");
+        });
+        refused("namespace monitoring has no default-deny NetworkPolicy", |_, p| {
+            let monitoring = p.iter_mut().find(|o| o["metadata"]["namespace"] == "monitoring").expect("policy");
+            monitoring["spec"]["egress"] = json!([{ "ports": [{ "port": 443 }] }]);
+        });
+        refused("no add-on ApplicationSet deploys gitops/argocd/addons-platform", |c, _| {
+            c.retain(|o| o["metadata"]["name"] != "addon-platform");
+        });
+    }
+
+    #[test]
+    fn every_placeholder_is_patched_for_every_environment() {
+        refused("keeps the placeholder `192.0.2.0/24` for environments/spain/dev", |_, p| {
+            named(p, "allow-webhook")["metadata"]["labels"] = json!({});
+        });
+        refused("patch path /spec/ingress/0/from/0/ipBlock/cidr does not exist", |_, p| {
+            named(p, "allow-webhook")["spec"]["ingress"][0]["from"] = json!([{ "namespaceSelector": {} }]);
+        });
+        refused("uses an unknown parameter", |c, _| {
+            named(c, "addon-platform")["spec"]["template"]["spec"]["source"]["kustomize"]["patches"][0]["patch"] =
+                json!("[{\"op\": \"replace\", \"path\": \"/spec\", \"value\": \"{{ .vpcCidrr }}\"}]");
+        });
+        // Patched, the region's own CIDR is there.
+        let mut objects = platform();
+        let patch = &platform_source()["kustomize"]["patches"][0];
+        apply_patch(patch, &region("spain", "prod"), &mut objects).expect("applies");
+        assert_eq!(
+            named(&mut objects, "allow-webhook")["spec"]["ingress"][0]["from"][0]["ipBlock"]["cidr"],
+            "10.21.0.0/16"
+        );
+    }
+}
