@@ -58,23 +58,20 @@ let
         tar -tf "$layer" > names.txt
         [ "$(wc -l < listing.txt)" -eq "$(wc -l < names.txt)" ] || fail "tar listings disagree"
 
-        # No shell, no busybox, anywhere (grep exits 0 on a match, 1 on none, 2 on an error).
-        status=0
-        grep -E '(^|/)(${lib.concatStringsSep "|" shells})/?$' names.txt > shells.txt || status=$?
-        case $status in
-          0) cat shells.txt >&2; fail "contains a shell" ;;
-          1) ;;
-          *) fail "grep failed ($status)" ;;
-        esac
-
-        # Nothing from the Nix store.
-        status=0
-        grep -E '(^|/)nix(/|$)' names.txt > store.txt || status=$?
-        case $status in
-          0) cat store.txt >&2; fail "contains /nix paths" ;;
-          1) ;;
-          *) fail "grep failed ($status)" ;;
-        esac
+        # refuse <pattern> <what>: fails when any entry matches (grep exits 0 on a match, 1 on
+        # none, 2 on an error; the matches go to a file, so none is lost to an early exit).
+        refuse() {
+          local status=0
+          grep -E "$1" names.txt > matches.txt || status=$?
+          case $status in
+            0) cat matches.txt >&2; fail "contains $2" ;;
+            1) ;;
+            *) fail "grep failed ($status)" ;;
+          esac
+        }
+        # No shell, no busybox, anywhere; nothing from the Nix store.
+        refuse '(^|/)(${lib.concatStringsSep "|" shells})/?$' "a shell"
+        refuse '(^|/)nix(/|$)' "/nix paths"
 
         # Exactly the described layout: these entries, these types and modes, owned by 0:0
         # (a symlink, hard link or device would show a different type letter).
