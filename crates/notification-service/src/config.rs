@@ -6,6 +6,7 @@ use platform::Secret;
 use platform::config::{
     AwsConfig, ConfigError, DatabaseConfig, Sections, ServerConfig, ServiceConfig, TelemetryConfig,
 };
+use platform::webhook_signature;
 use serde::{Deserialize, Serialize};
 
 /// The embedded defaults.
@@ -28,6 +29,10 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     pub signing_key: Secret,
+    /// The key transaction-api signed with before the current one, accepted beside it while a
+    /// rotation is under way (docs/runbooks/webhook-key-rotation.md). Empty: only `signing_key`.
+    #[serde(default)]
+    pub previous_signing_key: Secret,
     #[serde(with = "humantime_serde")]
     pub tolerance: Duration,
 }
@@ -45,17 +50,17 @@ impl ServiceConfig for Config {
     }
 
     fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)> {
-        vec![("database.url", &mut self.database.url), ("webhook.signing_key", &mut self.webhook.signing_key)]
+        vec![
+            ("database.url", &mut self.database.url),
+            ("webhook.signing_key", &mut self.webhook.signing_key),
+            ("webhook.previous_signing_key", &mut self.webhook.previous_signing_key),
+        ]
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.database.validate()?;
-        if self.webhook.signing_key.expose().is_empty() {
-            return Err(ConfigError::new(
-                "webhook.signing_key",
-                "is required: set it to the key transaction-api signs events with",
-            ));
-        }
+        webhook_signature::validate_key("webhook.signing_key", &self.webhook.signing_key, true)?;
+        webhook_signature::validate_key("webhook.previous_signing_key", &self.webhook.previous_signing_key, false)?;
         if self.webhook.tolerance.is_zero() {
             return Err(ConfigError::new("webhook.tolerance", "must be greater than zero"));
         }
@@ -74,13 +79,15 @@ mod tests {
     use super::*;
     use platform::config::{Sources, load};
 
+    const KEY: &str = "[webhook]\nsigning_key = \"0123456789abcdef0123456789abcdef\"\n";
+
     fn with(overrides: &str) -> Result<Config, ConfigError> {
         load(&Sources::overridden(DEFAULTS, overrides))
     }
 
     #[test]
     fn defaults_load_once_the_signing_key_is_set() {
-        let config = with("[webhook]\nsigning_key = \"k\"\n").expect("valid");
+        let config = with(KEY).expect("valid");
         assert_eq!(config.server.port, 8080);
         assert_eq!((config.pagination.default_limit, config.pagination.max_limit), (20, 100));
     }
@@ -88,7 +95,16 @@ mod tests {
     #[test]
     fn empty_signing_key_and_bad_paging_name_the_key() {
         assert_eq!(with("").expect_err("key required").key, "webhook.signing_key");
-        let error = with("[webhook]\nsigning_key = \"k\"\n[pagination]\ndefault_limit = 500\n").expect_err("too big");
+        let error = with(&format!("{KEY}[pagination]\ndefault_limit = 500\n")).expect_err("too big");
         assert_eq!(error.key, "pagination.default_limit");
+    }
+
+    #[test]
+    fn both_webhook_keys_are_held_to_the_same_length_as_transaction_apis() {
+        let short = with("[webhook]\nsigning_key = \"k\"\n").expect_err("too short");
+        assert_eq!((short.key.as_str(), short.problem.contains("at least 32")), ("webhook.signing_key", true));
+        let previous = with(&format!("{KEY}previous_signing_key = \"old\"\n")).expect_err("too short");
+        assert_eq!(previous.key, "webhook.previous_signing_key");
+        assert!(with(KEY).expect("no previous key").webhook.previous_signing_key.expose().is_empty());
     }
 }

@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use platform::extract::{ApiJson, ApiQuery, RawJson, parse_json};
+use platform::extract::{ApiJson, ApiPath, ApiQuery, RawJson, parse_json};
 use platform::webhook_signature::{self, ID_HEADER, SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER};
 use platform::{FieldError, Problem, Secret};
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,8 @@ pub const TRANSACTION_CREATED: &str = "transaction.created";
 pub struct AppState {
     pub pool: PgPool,
     pub signing_key: Secret,
+    /// Accepted beside `signing_key` during a rotation; empty otherwise.
+    pub previous_signing_key: Secret,
     pub tolerance: Duration,
     pub pagination: PaginationConfig,
 }
@@ -145,15 +147,18 @@ pub async fn receive_transaction_event(
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let event_id = header(ID_HEADER);
     let now = Utc::now().timestamp();
-    let tolerance = i64::try_from(state.tolerance.as_secs()).unwrap_or(i64::MAX);
+    let mut keys = vec![state.signing_key.expose().as_bytes()];
+    if !state.previous_signing_key.expose().is_empty() {
+        keys.push(state.previous_signing_key.expose().as_bytes());
+    }
     if let Err(error) = webhook_signature::verify(
-        state.signing_key.expose().as_bytes(),
+        &keys,
         event_id,
         header(TIMESTAMP_HEADER),
         header(SIGNATURE_HEADER),
         &body,
         now,
-        tolerance,
+        state.tolerance.as_secs(),
     ) {
         count_webhook("unauthenticated");
         tracing::warn!(event_id, %error, "webhook rejected");
@@ -215,7 +220,7 @@ fn count_webhook(outcome: &'static str) {
 )]
 pub async fn list_notifications(
     State(state): State<AppState>,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<NotificationPage>, Problem> {
     let limit = query.limit.unwrap_or(state.pagination.default_limit);

@@ -46,6 +46,7 @@ pub async fn build(config: &Config, _lifecycle: &Lifecycle) -> anyhow::Result<Se
     let state = http::AppState {
         pool: pool.clone(),
         signing_key: config.webhook.signing_key.clone(),
+        previous_signing_key: config.webhook.previous_signing_key.clone(),
         tolerance: config.webhook.tolerance,
         pagination: config.pagination,
     };

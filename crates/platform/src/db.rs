@@ -149,15 +149,32 @@ pub async fn is_reachable(pool: &PgPool) -> bool {
     sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool).await.is_ok()
 }
 
-/// The problem+json answer for a failed query: 503 when the database is unreachable or the pool
-/// exhausted (clients should retry), otherwise a logged 500.
+/// Seconds a client is told to wait before retrying when the database is unavailable.
+const RETRY_AFTER_SECONDS: u32 = 2;
+
+/// The problem+json answer for a failed query: 503 with Retry-After when the database is
+/// unreachable, the pool exhausted, or the login refused (as while a password rotation reaches
+/// the pods: the old password is gone before the new one is read), otherwise a logged 500.
 pub fn error_problem(error: &sqlx::Error) -> crate::Problem {
+    if is_unavailable(error) {
+        tracing::error!(%error, "database unavailable");
+        let mut problem = crate::Problem::service_unavailable("the database is unavailable; retry later");
+        problem.retry_after_seconds = Some(RETRY_AFTER_SECONDS);
+        return problem;
+    }
+    crate::Problem::internal_logged(error)
+}
+
+/// Whether `error` says the database cannot serve now (retrying later may work), not that the
+/// query is wrong. SQLSTATE classes: 08 connection exception, 28 invalid authorization
+/// (28P01 wrong password), 53300 too many connections, 57P01–57P03 shutdown or starting up.
+fn is_unavailable(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            tracing::error!(%error, "database unavailable");
-            crate::Problem::service_unavailable("the database is unavailable; retry later")
-        }
-        other => crate::Problem::internal_logged(other),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("28") || code == "53300" || code.starts_with("57P0")
+        }),
+        _ => false,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Request extractors whose rejections are problem+json: JSON bodies and query strings.
+//! Request extractors whose rejections are problem+json: JSON bodies, path parameters and query strings.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::problem::{FieldError, Problem};
 
-/// A JSON body: 415 without a JSON content type, 413 over the body limit, 400 if malformed,
+/// A JSON body: 415 unless the content type is JSON (or absent), 413 over the body limit, 400 if malformed,
 /// 422 (with a pointer to the field) if it does not match the expected shape.
 #[derive(Debug, Clone)]
 pub struct ApiJson<T>(pub T);
@@ -32,8 +32,7 @@ impl<S: Send + Sync> FromRequest<S> for RawJson {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let declared = declared_body_type(request.headers());
-        if declared == BodyType::Other {
+        if !declares_json(request.headers()) {
             return Err(Problem::unsupported_media_type());
         }
         let limit = request.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
@@ -41,38 +40,33 @@ impl<S: Send + Sync> FromRequest<S> for RawJson {
             BytesRejection::FailedToBufferBody(error) if is_length_limit(&error) => Problem::payload_too_large(limit),
             other => Problem::bad_request(other.body_text()),
         })?;
-        if declared == BodyType::Form && !looks_like_json_object(&bytes) {
-            return Err(Problem::unsupported_media_type());
-        }
         Ok(RawJson(bytes))
     }
 }
 
-/// What the `Content-Type` header says the body is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyType {
-    /// `application/json` or `application/*+json`, or no header at all.
-    Json,
-    /// `application/x-www-form-urlencoded`: what `curl -d` sends by default. Accepted only when
-    /// the body is plainly a JSON object, so the one-line curl examples work as typed.
-    Form,
-    Other,
-}
+/// Path parameters, with axum's rejection (e.g. `%FF`, not UTF-8) as a 400 problem instead of
+/// its plain-text body.
+#[derive(Debug, Clone)]
+pub struct ApiPath<T>(pub T);
 
-fn declared_body_type(headers: &http::HeaderMap) -> BodyType {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else { return BodyType::Json };
-    let essence = value.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
-        BodyType::Json
-    } else if essence == "application/x-www-form-urlencoded" {
-        BodyType::Form
-    } else {
-        BodyType::Other
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| ApiPath(value))
+            .map_err(|rejection| Problem::bad_request(rejection.body_text()))
     }
 }
 
-fn looks_like_json_object(body: &[u8]) -> bool {
-    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+/// Whether the `Content-Type` says JSON (`application/json`, `application/*+json`) or is absent.
+/// Anything else is refused, form-encoded bodies included: a browser may send those to another
+/// origin without a CORS preflight, so accepting them as JSON would let any web page post here.
+fn declares_json(headers: &http::HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else { return true };
+    let essence = value.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Whether buffering failed because the body exceeded the configured limit.
@@ -172,19 +166,17 @@ mod tests {
     }
 
     #[test]
-    fn json_form_and_other_content_types_are_told_apart() {
-        for (value, expected) in [
-            (None, BodyType::Json),
-            (Some("application/json"), BodyType::Json),
-            (Some("Application/JSON; charset=utf-8"), BodyType::Json),
-            (Some("application/merge-patch+json"), BodyType::Json),
-            (Some("application/x-www-form-urlencoded"), BodyType::Form),
-            (Some("text/plain"), BodyType::Other),
-            (Some("multipart/form-data; boundary=x"), BodyType::Other),
+    fn only_json_content_types_or_none_are_json() {
+        for (value, json) in [
+            (None, true),
+            (Some("application/json"), true),
+            (Some("Application/JSON; charset=utf-8"), true),
+            (Some("application/merge-patch+json"), true),
+            (Some("application/x-www-form-urlencoded"), false),
+            (Some("text/plain"), false),
+            (Some("multipart/form-data; boundary=x"), false),
         ] {
-            assert_eq!(declared_body_type(&with_content_type(value)), expected, "{value:?}");
+            assert_eq!(declares_json(&with_content_type(value)), json, "{value:?}");
         }
-        assert!(looks_like_json_object(b"  {\"a\":1}"));
-        assert!(!looks_like_json_object(b"a=1&b=2"));
     }
 }

@@ -24,6 +24,13 @@ pub struct Secret {
     resolved_from: Option<String>,
 }
 
+/// An empty secret: an optional setting that is not set.
+impl Default for Secret {
+    fn default() -> Self {
+        Self::new("")
+    }
+}
+
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
         Self { value: SecretString::from(value.into()), resolved_from: None }

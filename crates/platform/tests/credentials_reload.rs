@@ -89,3 +89,20 @@ async fn a_url_written_in_the_config_is_never_reloaded() {
     assert!(is_reachable(&pool).await);
     assert_eq!(pool.connect_options().get_username(), "postgres");
 }
+
+/// While a rotation reaches the pods a login can be refused; clients must hear "retry shortly"
+/// (503 + Retry-After), not "server error".
+#[tokio::test]
+async fn a_refused_login_is_a_503_with_retry_after_not_a_500() {
+    let database_url = platform::testkit::fresh_database().await;
+    let error = sqlx::PgConnection::connect(&as_role(&database_url, "no_such_role_after_rotation"))
+        .await
+        .expect_err("the role does not exist");
+    assert!(matches!(&error, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("28"))), "{error}");
+    let problem = platform::db::error_problem(&error);
+    assert_eq!((problem.status, problem.retry_after_seconds), (503, Some(2)));
+    // A query that is wrong stays a 500: retrying it will not help.
+    let mut connection = sqlx::PgConnection::connect(&database_url).await.expect("connect");
+    let wrong = sqlx::query("SELECT no_such_column FROM pg_class").execute(&mut connection).await.expect_err("bad SQL");
+    assert_eq!(platform::db::error_problem(&wrong).status, 500);
+}

@@ -80,15 +80,7 @@ impl ServiceConfig for Config {
         if self.transactions.max_amount <= Decimal::ZERO {
             return Err(ConfigError::new("transactions.max_amount", "must be greater than zero"));
         }
-        if self.webhook.signing_key.expose().is_empty() {
-            return Err(ConfigError::new(
-                "webhook.signing_key",
-                "is required: set it to the key shared with notification-service",
-            ));
-        }
-        if !self.webhook.signing_key.is_reference() && self.webhook.signing_key.expose().len() < 32 {
-            return Err(ConfigError::new("webhook.signing_key", "must be at least 32 characters"));
-        }
+        platform::webhook_signature::validate_key("webhook.signing_key", &self.webhook.signing_key, true)?;
         match url::Url::parse(&self.webhook.url) {
             Ok(url) if url.scheme() == "https" => {}
             Ok(url) if url.scheme() == "http" && self.webhook.client.ca_path.is_none() => {}

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use platform::cache::Cache;
-use platform::extract::ApiJson;
+use platform::extract::{ApiJson, ApiPath};
 use platform::{FieldError, Problem};
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -168,7 +168,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 )]
 pub async fn get_transaction(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Transaction>, ApiError> {
     if !platform::ids::is_valid_id("txn", &id) {
         return Err(ApiError::NotFound(id));

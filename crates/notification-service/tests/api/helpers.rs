@@ -20,9 +20,19 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the service on `database_url`; `extra` is TOML appended inside the `[database]` table.
 pub async fn spawn_app_with_database(database_url: &str, extra_database_toml: &str) -> TestApp {
+    spawn(database_url, "", extra_database_toml).await
+}
+
+/// Starts the service that also accepts `previous_key` (a webhook key rotation under way).
+pub async fn spawn_app_accepting_previous_key(previous_key: &str) -> TestApp {
+    spawn(&fresh_database().await, &format!("previous_signing_key = \"{previous_key}\"\n"), "").await
+}
+
+/// The service on `database_url`, with TOML appended inside its `[webhook]` and `[database]` tables.
+async fn spawn(database_url: &str, extra_webhook_toml: &str, extra_database_toml: &str) -> TestApp {
     let overrides = format!(
         "[server]\nhost = \"127.0.0.1\"\ndrain_delay = \"0s\"\n[telemetry]\nlog_level = \"warn\"\n\
-         [webhook]\nsigning_key = \"{SIGNING_KEY}\"\n\
+         [webhook]\nsigning_key = \"{SIGNING_KEY}\"\n{extra_webhook_toml}\
          [database]\nurl = \"{database_url}\"\nssl_mode = \"disable\"\n{extra_database_toml}\n"
     );
     let config: Config = load(&Sources::overridden(DEFAULTS, overrides)).expect("valid test config");

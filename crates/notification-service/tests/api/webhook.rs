@@ -2,7 +2,40 @@
 
 use serde_json::Value;
 
-use crate::helpers::{SIGNING_KEY, assert_problem, spawn_app, transaction_event};
+use crate::helpers::{SIGNING_KEY, assert_problem, spawn_app, spawn_app_accepting_previous_key, transaction_event};
+
+/// transaction-api's key before a rotation.
+const PREVIOUS_KEY: &str = "the-previous-signing-key-0123456789";
+
+#[tokio::test]
+async fn during_a_rotation_events_signed_with_the_previous_key_are_accepted_and_only_then() {
+    let now = chrono::Utc::now().timestamp();
+    let rotating = spawn_app_accepting_previous_key(PREVIOUS_KEY).await;
+    let event_id = platform::ids::new_id("evt");
+    let old = rotating.post_event(&event_id, &transaction_event(&event_id, "u1"), PREVIOUS_KEY, now).await;
+    assert_eq!(old.status().as_u16(), 201, "signed with the previous key");
+    let event_id = platform::ids::new_id("evt");
+    let new = rotating.post_signed_event(&event_id, &transaction_event(&event_id, "u1")).await;
+    assert_eq!(new.status().as_u16(), 201, "signed with the current key");
+
+    let settled = spawn_app().await;
+    let event_id = platform::ids::new_id("evt");
+    let old = settled.post_event(&event_id, &transaction_event(&event_id, "u1"), PREVIOUS_KEY, now).await;
+    assert_problem(old, 401).await;
+}
+
+#[tokio::test]
+async fn a_timestamp_at_the_ends_of_i64_is_401_not_a_crash() {
+    let app = spawn_app().await;
+    for timestamp in [i64::MIN, i64::MAX, 0] {
+        let event_id = platform::ids::new_id("evt");
+        let response = app.post_event(&event_id, &transaction_event(&event_id, "u1"), SIGNING_KEY, timestamp).await;
+        assert_problem(response, 401).await;
+    }
+    // The service is still there.
+    let event_id = platform::ids::new_id("evt");
+    assert_eq!(app.post_signed_event(&event_id, &transaction_event(&event_id, "u1")).await.status().as_u16(), 201);
+}
 
 #[tokio::test]
 async fn signed_event_creates_notification() {

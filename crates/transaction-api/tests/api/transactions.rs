@@ -120,13 +120,17 @@ async fn malformed_json_is_400_and_non_json_is_415() {
 }
 
 #[tokio::test]
-async fn a_json_body_sent_the_way_plain_curl_d_sends_it_is_accepted() {
+async fn a_json_body_sent_form_encoded_is_415_since_browsers_send_forms_cross_origin_without_preflight() {
     let app = spawn_app().await;
     let body = r#"{"user_id":"u1","amount":100.50,"currency":"BRL"}"#.to_owned();
-    let response = app.post_raw("application/x-www-form-urlencoded", body, None).await;
-    assert_eq!(response.status().as_u16(), 201);
-    let created: Value = response.json().await.expect("json");
-    assert_eq!(created["amount"], "100.50");
+    assert_problem(app.post_raw("application/x-www-form-urlencoded", body, None).await, 415).await;
+    assert_eq!(app.transaction_count().await, 0);
+}
+
+#[tokio::test]
+async fn a_path_parameter_that_is_not_utf8_is_a_400_problem() {
+    let app = spawn_app().await;
+    assert_problem(app.get("/transactions/%FF%FE").await, 400).await;
 }
 
 #[tokio::test]

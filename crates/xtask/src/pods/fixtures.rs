@@ -110,6 +110,8 @@ impl Fixtures {
             ("redis_host", "localhost".to_owned()),
             ("redis_port", self.redis.port.to_string()),
             ("webhook_signing_key", self.webhook_key.clone()),
+            // Outside a rotation the previous key is the current one.
+            ("webhook_previous_signing_key", self.webhook_key.clone()),
             // The region's RDS CA bundle (rds-ca-bundle): here, the CA of the test PostgreSQL.
             ("bundle.pem", self.ca.pem()),
         ];
