@@ -213,3 +213,22 @@ async fn requests_over_the_rate_limit_get_429_with_retry_after() {
     assert_problem(limited, 429).await;
     assert_eq!(app.get("/health").await.status().as_u16(), 200, "probes are never rate limited");
 }
+
+#[tokio::test]
+async fn concurrent_creates_get_ids_whose_random_parts_are_not_neighbours() {
+    let app = spawn_app().await;
+    let bodies: Vec<Value> = (0..40).map(|i| brl(&format!("u{i}"), "1")).collect();
+    let creates = bodies.iter().map(|body| app.post_transaction(body));
+    let mut random = Vec::new();
+    for response in futures::future::join_all(creates).await {
+        assert_eq!(response.status().as_u16(), 201);
+        let created: Value = response.json().await.expect("json");
+        let id = created["id"].as_str().expect("id");
+        let ulid = ulid::Ulid::from_string(id.strip_prefix("txn_").expect("prefix")).expect("ULID");
+        random.push(ulid.random());
+    }
+    random.sort_unstable();
+    let closest = random.windows(2).map(|w| w[1] - w[0]).min().expect("pairs");
+    // Ids made in one millisecond used to differ by 1; 40 uniform 80-bit values are never this close.
+    assert!(closest >= 1 << 40, "two ids' random parts differ by only {closest}");
+}
