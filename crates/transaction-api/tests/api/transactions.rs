@@ -214,6 +214,106 @@ async fn requests_over_the_rate_limit_get_429_with_retry_after() {
     assert_eq!(app.get("/health").await.status().as_u16(), 200, "probes are never rate limited");
 }
 
+/// A create request whose `amount` is `amount` byte for byte (a JSON number or a quoted string).
+fn raw_body(amount: &str, currency: &str) -> String {
+    format!(r#"{{"user_id":"u1","amount":{amount},"currency":"{currency}"}}"#)
+}
+
+#[tokio::test]
+async fn amounts_that_would_need_rounding_or_reinterpreting_are_422() {
+    let app = spawn_app().await;
+    for (amount, currency, hint) in [
+        // Rounded to 100.00 before amounts were parsed strictly.
+        ("100.000000000000000000000000000001e0", "BRL", "at most 24 digits"),
+        (r#""100.000000000000000000000000000001e0""#, "BRL", "at most 24 digits"),
+        ("1234567890123456789012345", "JPY", "at most 24 digits"),
+        // Exponents are fine only when the value is exact at the currency's scale.
+        ("1.234e0", "BRL", "BRL allows at most 2 decimal places"),
+        (r#""1.234e0""#, "BRL", "BRL allows at most 2 decimal places"),
+        ("1e-3", "BRL", "BRL allows at most 2 decimal places"),
+        ("1.5e0", "JPY", "JPY allows at most 0 decimal places"),
+        ("1.00001", "KWD", "KWD allows at most 3 decimal places"),
+        ("1e21", "BRL", "must not exceed"),
+        // Accepted as 1000.00 before.
+        (r#""1_000e0""#, "BRL", "decimal number"),
+        (r#""1_000""#, "BRL", "decimal number"),
+        (r#""NaN""#, "BRL", "decimal number"),
+        (r#""Infinity""#, "BRL", "decimal number"),
+        (r#""-Infinity""#, "BRL", "decimal number"),
+        (r#""+5""#, "BRL", "decimal number"),
+        (r#"" 5""#, "BRL", "decimal number"),
+        (r#""5 ""#, "BRL", "decimal number"),
+        (r#""05""#, "BRL", "decimal number"),
+        (r#"".5""#, "BRL", "decimal number"),
+        (r#""5.""#, "BRL", "decimal number"),
+        (r#""0x10""#, "BRL", "decimal number"),
+        (r#""1,50""#, "BRL", "decimal number"),
+        (r#""""#, "BRL", "decimal number"),
+        ("[1]", "BRL", "decimal number"),
+        (r#"{"value":1}"#, "BRL", "decimal number"),
+        ("0e5", "BRL", "greater than zero"),
+        ("-0", "BRL", "greater than zero"),
+        (r#""-1.5""#, "BRL", "greater than zero"),
+    ] {
+        let response = app.post_raw("application/json", raw_body(amount, currency), None).await;
+        let body = assert_problem(response, 422).await;
+        assert_eq!(body["errors"][0]["pointer"], "/amount", "{amount} {currency}: {body}");
+        let detail = body["errors"][0]["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(hint), "{amount} {currency}: {body}");
+        assert_eq!(body["errors"].as_array().map(Vec::len), Some(1), "{amount} {currency}: {body}");
+    }
+    assert_eq!(app.transaction_count().await, 0, "nothing is stored");
+}
+
+#[tokio::test]
+async fn accepted_amounts_keep_their_exact_value_when_read_back() {
+    let app = spawn_app().await;
+    for (amount, currency, expected, stored) in [
+        ("1.5e1", "BRL", "15.00", "15.0000"),
+        (r#""1.5e1""#, "BRL", "15.00", "15.0000"),
+        ("1.005E+2", "BRL", "100.50", "100.5000"),
+        ("100.500", "BRL", "100.50", "100.5000"),
+        ("1e-2", "EUR", "0.01", "0.0100"),
+        ("12000e-3", "JPY", "12", "12.0000"),
+        ("1E3", "JPY", "1000", "1000.0000"),
+        (r#""0.001""#, "KWD", "0.001", "0.0010"),
+        ("999999999.99", "MXN", "999999999.99", "999999999.9900"),
+        ("1000000000", "BRL", "1000000000.00", "1000000000.0000"),
+        ("0.01", "USD", "0.01", "0.0100"),
+    ] {
+        let response = app.post_raw("application/json", raw_body(amount, currency), None).await;
+        assert_eq!(response.status().as_u16(), 201, "{amount} {currency}");
+        let created: Value = response.json().await.expect("json");
+        assert_eq!(created["amount"], expected, "{amount} {currency}");
+        let id = created["id"].as_str().expect("id");
+        let fetched: Value = app.get(&format!("/transactions/{id}")).await.json().await.expect("json");
+        assert_eq!(fetched["amount"], expected, "{amount} {currency}: read back");
+        let in_database: String = sqlx::query_scalar("SELECT amount::text FROM transactions WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .expect("row");
+        assert_eq!(in_database, stored, "{amount} {currency}");
+    }
+}
+
+#[tokio::test]
+async fn the_amount_column_is_what_the_limits_are_derived_from() {
+    let app = spawn_app().await;
+    let (precision, scale): (i32, i32) = sqlx::query_as(
+        "SELECT numeric_precision, numeric_scale FROM information_schema.columns
+         WHERE table_schema = 'transactions' AND table_name = 'transactions' AND column_name = 'amount'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("column");
+    assert_eq!((precision, scale), (24, 4));
+    assert_eq!(
+        (precision.cast_unsigned(), scale.cast_unsigned()),
+        (transaction_api::AMOUNT_PRECISION, transaction_api::AMOUNT_SCALE)
+    );
+}
+
 #[tokio::test]
 async fn concurrent_creates_get_ids_whose_random_parts_are_not_neighbours() {
     let app = spawn_app().await;
