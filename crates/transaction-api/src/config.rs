@@ -10,6 +10,8 @@ use platform::config::{
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::money::Currencies;
+
 /// The embedded defaults.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -33,6 +35,8 @@ pub struct Config {
 pub struct TransactionsConfig {
     #[serde(with = "rust_decimal::serde::str")]
     pub max_amount: Decimal,
+    /// ISO 4217 codes accepted besides the default currencies, e.g. fund codes such as `CLF`.
+    pub extra_currencies: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
     /// How long a request waits behind a concurrent one holding the same Idempotency-Key
@@ -80,6 +84,8 @@ impl ServiceConfig for Config {
         if self.transactions.max_amount <= Decimal::ZERO {
             return Err(ConfigError::new("transactions.max_amount", "must be greater than zero"));
         }
+        Currencies::new(&self.transactions.extra_currencies)
+            .map_err(|e| ConfigError::new("transactions.extra_currencies", e))?;
         if self.webhook.signing_key.expose().is_empty() {
             return Err(ConfigError::new(
                 "webhook.signing_key",
@@ -140,5 +146,16 @@ mod tests {
         assert_eq!(error.key, "outbox.max_atempts", "{error}");
         let error = with(&format!("{KEY}[transactions]\nmax_amount = \"lots\"\n")).expect_err("not a decimal");
         assert_eq!(error.key, "transactions.max_amount", "{error}");
+    }
+
+    #[test]
+    fn extra_currencies_must_be_iso_codes_with_minor_units() {
+        let extra = |list: &str| with(&format!("{KEY}[transactions]\nextra_currencies = {list}\n"));
+        assert_eq!(with(KEY).expect("defaults").transactions.extra_currencies, Vec::<String>::new());
+        assert_eq!(extra("[\"CLF\", \"MXV\"]").expect("fund codes").transactions.extra_currencies, ["CLF", "MXV"]);
+        for list in ["[\"XAU\"]", "[\"clf\"]", "[\"ABC\"]", "[\"CLF\", \"XXX\"]"] {
+            let error = extra(list).expect_err(list);
+            assert_eq!(error.key, "transactions.extra_currencies", "{list}: {error}");
+        }
     }
 }

@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use crate::error::ApiError;
-use crate::money::{Money, MoneyError, parse_amount, parse_currency};
+use crate::money::{Currencies, Money, MoneyError, parse_amount};
 use crate::outbox;
 use crate::store::{self, Created, Idempotency, NewTransaction, Transaction};
 
@@ -28,6 +28,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub cache: Arc<Cache>,
     pub max_amount: Decimal,
+    /// The accepted currencies (ISO 4217 without fund and special codes, plus configured extras).
+    pub currencies: Currencies,
     pub cache_ttl: std::time::Duration,
     pub idempotency_wait: std::time::Duration,
     pub wake_dispatcher: Arc<Notify>,
@@ -53,14 +55,14 @@ pub struct CreateTransaction {
 
 impl CreateTransaction {
     /// Checks every field and reports all problems at once.
-    fn validate(&self, max_amount: Decimal) -> Result<NewTransaction, Vec<FieldError>> {
+    fn validate(&self, max_amount: Decimal, currencies: &Currencies) -> Result<NewTransaction, Vec<FieldError>> {
         let mut errors = Vec::new();
         let user_id = self.user_id.trim();
         if user_id.is_empty() || user_id.len() > 128 || user_id.chars().any(char::is_control) {
             errors.push(FieldError::new("user_id", "must be 1 to 128 printable characters"));
         }
         let currency =
-            parse_currency(&self.currency).map_err(|e| errors.push(FieldError::new("currency", e.to_string())));
+            currencies.parse(&self.currency).map_err(|e| errors.push(FieldError::new("currency", e.to_string())));
         // With serde_json's `arbitrary_precision` a number's text is exactly what the client sent.
         let amount_text = match &self.amount {
             serde_json::Value::Number(n) => Some(n.to_string()),
@@ -119,7 +121,7 @@ pub async fn create_transaction(
     ApiJson(body): ApiJson<CreateTransaction>,
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
-    let new = body.validate(state.max_amount).map_err(ApiError::Validation)?;
+    let new = body.validate(state.max_amount, &state.currencies).map_err(ApiError::Validation)?;
     let id = platform::ids::new_id("txn");
     let traceparent = platform::trace_context::current().map(|c| c.to_string());
     let idempotency = idempotency_key.as_deref().map(|key| Idempotency { key, wait: state.idempotency_wait });

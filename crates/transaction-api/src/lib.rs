@@ -71,10 +71,13 @@ pub async fn build(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<Ser
         wake: wake.clone(),
     };
     let worker = tokio::spawn(dispatcher.run(lifecycle.workers_stop()));
+    let currencies = money::Currencies::new(&config.transactions.extra_currencies)
+        .map_err(|e| anyhow::anyhow!("transactions.extra_currencies: {e}"))?;
     let state = http::AppState {
         pool: pool.clone(),
         cache: cache.clone(),
         max_amount: config.transactions.max_amount,
+        currencies,
         cache_ttl: config.transactions.cache_ttl,
         idempotency_wait: config.transactions.idempotency_wait,
         wake_dispatcher: wake,

@@ -8,8 +8,9 @@
 //! `100.505` BRL are refused. See docs/adr/0003-exact-decimal-money.md.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
-use iso_currency::Currency;
+use iso_currency::{Currency, Flag};
 use rust_decimal::Decimal;
 
 use crate::{AMOUNT_PRECISION, AMOUNT_SCALE};
@@ -47,16 +48,48 @@ pub enum MoneyError {
     TooPrecise { currency: String, minor_units: u16 },
     #[error("must be an ISO 4217 currency code such as EUR, MXN or BRL")]
     UnknownCurrency,
+    #[error("{0} is an ISO 4217 fund, metal or special code, not a currency accepted here")]
+    NotACurrency(String),
 }
 
-/// Parses an ISO 4217 code (upper case) of a currency that has minor units.
-pub fn parse_currency(code: &str) -> Result<Currency, MoneyError> {
-    let currency = iso_code(code).ok_or(MoneyError::UnknownCurrency)?;
-    // Precious metals, testing and "no currency" codes have no minor units and are not money here.
-    if !fits_the_column(currency) {
-        return Err(MoneyError::UnknownCurrency);
+/// Which ISO 4217 codes are accepted as currencies.
+///
+/// By default: codes with minor units that are neither fund codes (BOV, CHE, CHW, CLF, COU, MXV,
+/// USN, UYI, UYW) nor special X-codes (XAU and the other metals, XTS, XXX, XDR, XSU, XUA, XAD, the
+/// bond units XBA…XBD). Both lists are the `fund` and `special` flags of the `iso_currency`
+/// crate's data, taken from the ISO 4217 list (fund codes are its `IsFund` entries). Codes named in
+/// `transactions.extra_currencies` are accepted too.
+#[derive(Debug, Clone, Default)]
+pub struct Currencies {
+    extra: Arc<[Currency]>,
+}
+
+impl Currencies {
+    /// The default set plus `extra` codes; the error explains the first unusable code.
+    pub fn new(extra: &[String]) -> Result<Self, String> {
+        let mut accepted = Vec::with_capacity(extra.len());
+        for code in extra {
+            let currency = iso_code(code).ok_or_else(|| format!("`{code}` is not an upper-case ISO 4217 code"))?;
+            if !fits_the_column(currency) {
+                return Err(format!(
+                    "`{code}` has no minor units that an amount (at most {AMOUNT_SCALE} decimal places) can hold"
+                ));
+            }
+            accepted.push(currency);
+        }
+        Ok(Self { extra: accepted.into() })
     }
-    Ok(currency)
+
+    /// Parses an accepted ISO 4217 code (upper case).
+    pub fn parse(&self, code: &str) -> Result<Currency, MoneyError> {
+        let currency = iso_code(code).ok_or(MoneyError::UnknownCurrency)?;
+        let is_money = fits_the_column(currency) && !currency.has_flag(Flag::Fund) && !currency.has_flag(Flag::Special);
+        if is_money || self.extra.contains(&currency) {
+            Ok(currency)
+        } else {
+            Err(MoneyError::NotACurrency(code.to_owned()))
+        }
+    }
 }
 
 /// Any ISO 4217 code, written in upper case.
@@ -237,7 +270,7 @@ impl FromStr for Money {
     /// `"100.50 BRL"`, for tests and tools: default currencies, limited only by the column.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (amount, code) = s.split_once(' ').ok_or(MoneyError::NotADecimal)?;
-        Self::parse(amount, parse_currency(code)?, column_max())
+        Self::parse(amount, Currencies::default().parse(code)?, column_max())
     }
 }
 
@@ -251,7 +284,7 @@ mod tests {
     }
 
     fn currency(code: &str) -> Currency {
-        parse_currency(code).expect(code)
+        Currencies::default().parse(code).expect(code)
     }
 
     fn parse(text: &str, code: &str) -> Result<String, MoneyError> {
@@ -266,9 +299,32 @@ mod tests {
     }
 
     #[test]
-    fn unknown_lowercase_and_non_money_codes_are_rejected() {
-        for code in ["XYZ", "brl", "EU", "EURO", "XAU", "XXX", ""] {
-            assert_eq!(parse_currency(code), Err(MoneyError::UnknownCurrency), "{code}");
+    fn unknown_and_lowercase_codes_are_unknown() {
+        for code in ["XYZ", "brl", "Brl", "EU", "EURO", "", "BR1"] {
+            assert_eq!(Currencies::default().parse(code), Err(MoneyError::UnknownCurrency), "{code}");
+        }
+    }
+
+    #[test]
+    fn fund_metal_and_special_codes_are_not_currencies() {
+        let funds = ["BOV", "CHE", "CHW", "CLF", "COU", "MXV", "USN", "UYI", "UYW"];
+        let special = ["XAU", "XAG", "XPT", "XPD", "XTS", "XXX", "XDR", "XSU", "XUA", "XAD", "XBA", "XBD"];
+        for code in funds.into_iter().chain(special) {
+            assert_eq!(Currencies::default().parse(code), Err(MoneyError::NotACurrency(code.to_owned())), "{code}");
+        }
+        for code in ["XOF", "XAF", "XCD", "XPF", "CHF", "UYU", "MXN", "CLP", "COP", "BOB", "USD"] {
+            assert!(Currencies::default().parse(code).is_ok(), "{code} is a currency");
+        }
+    }
+
+    #[test]
+    fn configured_extra_codes_are_accepted_and_unusable_ones_refused() {
+        let extra = Currencies::new(&["CLF".to_owned(), "MXV".to_owned()]).expect("usable");
+        assert_eq!(extra.parse("CLF").map(minor_units), Ok(4));
+        assert!(extra.parse("MXV").is_ok());
+        assert!(extra.parse("BOV").is_err(), "only the listed ones");
+        for code in ["XAU", "XXX", "clf", "ABC"] {
+            assert!(Currencies::new(&[code.to_owned()]).is_err(), "{code}");
         }
     }
 
@@ -318,7 +374,7 @@ mod tests {
         assert_eq!(parse("100.000000000000000000000000000001", "BRL"), Err(MoneyError::TooManyDigits(24)));
         assert_eq!(parse("1234567890123456789012345", "JPY"), Err(MoneyError::TooManyDigits(24)));
         assert_eq!(parse("0.0000000000000000000000001", "BRL"), Err(MoneyError::TooManyDigits(24)));
-        let clf = parse_currency("CLF").expect("CLF");
+        let clf = Currencies::new(&["CLF".to_owned()]).expect("CLF").parse("CLF").expect("CLF");
         let largest = Money::parse("99999999999999999999.9999", clf, column_max()).expect("24 digits fit");
         assert_eq!(largest.amount(), column_max());
         let over = Money::parse("100000000000000000000", clf, column_max());
@@ -373,6 +429,7 @@ mod tests {
     fn from_str_reads_amount_and_code() {
         let money: Money = "100.5 BRL".parse().expect("valid");
         assert_eq!(money.amount_text(), "100.50");
+        assert_eq!("1 MXV".parse::<Money>(), Err(MoneyError::NotACurrency("MXV".to_owned())));
     }
 
     /// `value` written with mantissa `value × 10^-shift`, `zeros` trailing zeros and `e{shift}`.

@@ -315,6 +315,36 @@ async fn the_amount_column_is_what_the_limits_are_derived_from() {
 }
 
 #[tokio::test]
+async fn fund_metal_and_special_codes_are_422_unless_configured() {
+    let app = spawn_app().await;
+    let not_currencies = [
+        "MXV", "BOV", "CLF", "COU", "USN", "UYI", "UYW", "CHE", "CHW", "XSU", "XUA", "XAU", "XAG", "XTS", "XXX", "XDR",
+        "XAD", "XBA",
+    ];
+    for code in not_currencies {
+        let body = assert_problem(app.post_raw("application/json", raw_body("1", code), None).await, 422).await;
+        assert_eq!(body["errors"][0]["pointer"], "/currency", "{code}: {body}");
+    }
+    for code in ["MXN", "CLP", "COP", "BOB", "USD", "UYU", "CHF", "XOF", "XAF", "XCD"] {
+        let response = app.post_raw("application/json", raw_body("1", code), None).await;
+        assert_eq!(response.status().as_u16(), 201, "{code}");
+    }
+    let options = crate::helpers::Options {
+        extra_toml: "[transactions]\nextra_currencies = [\"CLF\", \"MXV\"]\n".to_owned(),
+        ..Default::default()
+    };
+    let configured = crate::helpers::spawn_app_with(options).await;
+    for (amount, code, expected) in [("1.2345", "CLF", "1.2345"), ("10.5", "MXV", "10.50")] {
+        let response = configured.post_raw("application/json", raw_body(amount, code), None).await;
+        assert_eq!(response.status().as_u16(), 201, "{code}");
+        let created: Value = response.json().await.expect("json");
+        assert_eq!(created["amount"], expected, "{code}");
+    }
+    let body = assert_problem(configured.post_raw("application/json", raw_body("1", "BOV"), None).await, 422).await;
+    assert_eq!(body["errors"][0]["pointer"], "/currency", "only the configured codes: {body}");
+}
+
+#[tokio::test]
 async fn concurrent_creates_get_ids_whose_random_parts_are_not_neighbours() {
     let app = spawn_app().await;
     let bodies: Vec<Value> = (0..40).map(|i| brl(&format!("u{i}"), "1")).collect();
