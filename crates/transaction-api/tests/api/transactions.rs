@@ -298,6 +298,26 @@ async fn accepted_amounts_keep_their_exact_value_when_read_back() {
 }
 
 #[tokio::test]
+async fn the_largest_amount_the_column_holds_round_trips_when_configured() {
+    let options = crate::helpers::Options {
+        extra_toml: "[transactions]\nmax_amount = \"99999999999999999999.9999\"\nextra_currencies = [\"CLF\"]\n"
+            .to_owned(),
+        ..Default::default()
+    };
+    let app = crate::helpers::spawn_app_with(options).await;
+    let response = app.post_raw("application/json", raw_body("99999999999999999999.9999", "CLF"), None).await;
+    assert_eq!(response.status().as_u16(), 201);
+    let created: Value = response.json().await.expect("json");
+    assert_eq!(created["amount"], "99999999999999999999.9999");
+    let fetched: Value =
+        app.get(&format!("/transactions/{}", created["id"].as_str().expect("id"))).await.json().await.expect("json");
+    assert_eq!(fetched["amount"], "99999999999999999999.9999");
+    let over = app.post_raw("application/json", raw_body("100000000000000000000", "CLF"), None).await;
+    let body = assert_problem(over, 422).await;
+    assert_eq!(body["errors"][0]["pointer"], "/amount", "{body}");
+}
+
+#[tokio::test]
 async fn the_amount_column_is_what_the_limits_are_derived_from() {
     let app = spawn_app().await;
     let (precision, scale): (i32, i32) = sqlx::query_as(
