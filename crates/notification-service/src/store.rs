@@ -70,7 +70,8 @@ pub async fn record_event(
     Ok(Recorded::Duplicate(existing))
 }
 
-/// One page of a user's notifications, newest first, strictly older than `before` when given.
+/// One page of a user's notifications, newest first (by the id's millisecond; ids of one millisecond
+/// in random but stable order), strictly older than `before` when given.
 /// Fetches one row more than `limit` so the caller knows whether another page exists.
 pub async fn page(
     pool: &PgPool,

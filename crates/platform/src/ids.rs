@@ -1,20 +1,16 @@
-//! Resource ids: a type prefix plus a lowercase ULID (`txn_01j9...`), unique and sortable by time.
+//! Resource ids: a type prefix plus a lowercase ULID (`txn_01j9...`), unique and sortable by the
+//! millisecond they were made in.
+//!
+//! Every id gets 80 fresh random bits (`Ulid::new()`, from the thread-local CSPRNG), so no id can
+//! be derived from another. ULID's monotonic generator is deliberately not used: it makes the ids
+//! of one millisecond differ by 1, so a client seeing one id could guess its neighbours. The price
+//! is that ids made in the same millisecond sort in random order.
 
-use std::sync::{Mutex, PoisonError};
+use ulid::Ulid;
 
-use ulid::{Generator, Ulid};
-
-static GENERATOR: Mutex<Option<Generator>> = Mutex::new(None);
-
-/// A new id with `prefix`; ids made by one process are strictly increasing.
+/// A new id with `prefix`: its time part is now, its random part independent of every other id.
 pub fn new_id(prefix: &str) -> String {
-    let ulid = {
-        let mut guard = GENERATOR.lock().unwrap_or_else(PoisonError::into_inner);
-        let generator = guard.get_or_insert_with(Generator::new);
-        // Overflow needs 2^80 ids in one millisecond; fall back to a fresh random ULID.
-        generator.generate().unwrap_or_else(|_| Ulid::new())
-    };
-    format!("{prefix}_{}", ulid.to_string().to_ascii_lowercase())
+    format!("{prefix}_{}", Ulid::new().to_string().to_ascii_lowercase())
 }
 
 /// Whether `id` is `prefix` + `_` + a valid ULID in canonical lowercase form.
@@ -34,11 +30,26 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn ulid(id: &str) -> Ulid {
+        Ulid::from_string(id.split_once('_').expect("prefixed").1).expect("ULID")
+    }
+
     #[test]
-    fn ids_are_prefixed_valid_and_increasing() {
+    fn ids_are_prefixed_valid_and_ordered_by_millisecond() {
         let ids: Vec<String> = (0..1000).map(|_| new_id("txn")).collect();
         assert!(ids.iter().all(|id| is_valid_id("txn", id)), "{ids:?}");
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids must sort in creation order");
+        let times: Vec<u64> = ids.iter().map(|id| ulid(id).timestamp_ms()).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "the time part never goes back");
+    }
+
+    #[test]
+    fn ids_made_together_have_unrelated_random_parts() {
+        // A thousand ids in a tight loop: most share a millisecond with others.
+        let mut random: Vec<u128> = (0..1000).map(|_| ulid(&new_id("txn")).random()).collect();
+        random.sort_unstable();
+        let closest = random.windows(2).map(|w| w[1] - w[0]).min().expect("pairs");
+        // For 1000 uniform 80-bit values, a gap under 2^40 has a probability of about 2^-20.
+        assert!(closest >= 1 << 40, "two random parts differ by only {closest}");
     }
 
     #[test]

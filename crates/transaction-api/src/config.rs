@@ -8,7 +8,10 @@ use platform::config::{
     AwsConfig, ConfigError, DatabaseConfig, RedisConfig, Sections, ServerConfig, ServiceConfig, TelemetryConfig,
 };
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, de};
+
+use crate::money::{Currencies, column_max, parse_amount};
+use crate::{AMOUNT_PRECISION, AMOUNT_SCALE};
 
 /// The embedded defaults.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -31,8 +34,11 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransactionsConfig {
-    #[serde(with = "rust_decimal::serde::str")]
+    /// Parsed as strictly as API amounts (crate::money), and bounded by the amount column.
+    #[serde(deserialize_with = "exact_decimal", serialize_with = "rust_decimal::serde::str::serialize")]
     pub max_amount: Decimal,
+    /// ISO 4217 codes accepted besides the default currencies, e.g. fund codes such as `CLF`.
+    pub extra_currencies: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
     /// How long a request waits behind a concurrent one holding the same Idempotency-Key
@@ -62,6 +68,64 @@ pub struct OutboxConfig {
     pub retry_max: Duration,
 }
 
+impl TransactionsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let max = self.max_amount;
+        let column = format!("the amount column is numeric({AMOUNT_PRECISION}, {AMOUNT_SCALE})");
+        if max <= Decimal::ZERO {
+            return Err(ConfigError::new("transactions.max_amount", "must be greater than zero"));
+        }
+        if max > column_max() {
+            return Err(ConfigError::new(
+                "transactions.max_amount",
+                format!("must be at most {}: {column}", column_max()),
+            ));
+        }
+        if max.normalize().scale() > AMOUNT_SCALE {
+            return Err(ConfigError::new(
+                "transactions.max_amount",
+                format!("must have at most {AMOUNT_SCALE} decimal places: {column}"),
+            ));
+        }
+        Currencies::new(&self.extra_currencies).map_err(|e| ConfigError::new("transactions.extra_currencies", e))?;
+        Ok(())
+    }
+}
+
+/// A decimal from a string in the API's strict amount syntax (crate::money::parse_amount), or
+/// from an integer. A float is refused: TOML and environment floats are binary, so inexact.
+fn exact_decimal<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
+    struct Exact;
+    impl de::Visitor<'_> for Exact {
+        type Value = Decimal;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a decimal string such as \"1000000000\" or \"2500.50\"")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Decimal, E> {
+            let amount = parse_amount(text).map_err(|e| E::custom(format!("`{text}` {e}")))?;
+            amount.exact().ok_or_else(|| E::custom(format!("`{text}` is far beyond what the amount column holds")))
+        }
+
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<Decimal, E> {
+            Ok(Decimal::from(n))
+        }
+
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Decimal, E> {
+            Ok(Decimal::from(n))
+        }
+
+        fn visit_f64<E: de::Error>(self, n: f64) -> Result<Decimal, E> {
+            Err(E::custom(format!(
+                "{n} is a float, which may not be exact: write the amount as a string, e.g. \"{n}\" \
+                 (in an environment variable, with the quotes)"
+            )))
+        }
+    }
+    deserializer.deserialize_any(Exact)
+}
+
 impl ServiceConfig for Config {
     fn sections(&self) -> Sections<'_> {
         Sections { server: &self.server, telemetry: &self.telemetry, aws: &self.aws }
@@ -77,9 +141,7 @@ impl ServiceConfig for Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.database.validate()?;
-        if self.transactions.max_amount <= Decimal::ZERO {
-            return Err(ConfigError::new("transactions.max_amount", "must be greater than zero"));
-        }
+        self.transactions.validate()?;
         platform::webhook_signature::validate_key("webhook.signing_key", &self.webhook.signing_key, true)?;
         match url::Url::parse(&self.webhook.url) {
             Ok(url) if url.scheme() == "https" => {}
@@ -132,5 +194,54 @@ mod tests {
         assert_eq!(error.key, "outbox.max_atempts", "{error}");
         let error = with(&format!("{KEY}[transactions]\nmax_amount = \"lots\"\n")).expect_err("not a decimal");
         assert_eq!(error.key, "transactions.max_amount", "{error}");
+    }
+
+    fn max_amount(value: &str) -> Result<Decimal, ConfigError> {
+        with(&format!("{KEY}[transactions]\nmax_amount = {value}\n")).map(|c| c.transactions.max_amount)
+    }
+
+    #[test]
+    fn max_amount_is_exact_and_within_the_amount_column() {
+        for (value, expected) in [
+            ("\"99999999999999999999.9999\"", "99999999999999999999.9999"),
+            ("\"2500.50\"", "2500.50"),
+            ("\"2500.500000\"", "2500.5"),
+            ("\"1e6\"", "1000000"),
+            ("5000", "5000"),
+            ("\"0.0001\"", "0.0001"),
+        ] {
+            let expected: Decimal = expected.parse().expect("decimal");
+            assert_eq!(max_amount(value), Ok(expected), "{value}");
+        }
+        for (value, hint) in [
+            ("\"0\"", "greater than zero"),
+            ("\"-5\"", "greater than zero"),
+            ("-5", "greater than zero"),
+            ("\"100000000000000000000\"", "at most 99999999999999999999.9999"),
+            ("\"1e25\"", "at most 99999999999999999999.9999"),
+            ("\"1e60\"", "far beyond"),
+            ("\"1000.00001\"", "at most 4 decimal places"),
+            ("\"1_000\"", "decimal number"),
+            ("\" 1000\"", "decimal number"),
+            ("\"+1000\"", "decimal number"),
+            ("\"NaN\"", "decimal number"),
+            ("\"99999999999999999999.99999\"", "at most 24 digits"),
+            ("1000.5", "float"),
+        ] {
+            let error = max_amount(value).expect_err(value);
+            assert_eq!(error.key, "transactions.max_amount", "{value}: {error}");
+            assert!(error.problem.contains(hint), "{value}: {error}");
+        }
+    }
+
+    #[test]
+    fn extra_currencies_must_be_iso_codes_with_minor_units() {
+        let extra = |list: &str| with(&format!("{KEY}[transactions]\nextra_currencies = {list}\n"));
+        assert_eq!(with(KEY).expect("defaults").transactions.extra_currencies, Vec::<String>::new());
+        assert_eq!(extra("[\"CLF\", \"MXV\"]").expect("fund codes").transactions.extra_currencies, ["CLF", "MXV"]);
+        for list in ["[\"XAU\"]", "[\"clf\"]", "[\"ABC\"]", "[\"CLF\", \"XXX\"]"] {
+            let error = extra(list).expect_err(list);
+            assert_eq!(error.key, "transactions.extra_currencies", "{list}: {error}");
+        }
     }
 }

@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use crate::error::ApiError;
-use crate::money::{Money, parse_currency, parse_decimal};
+use crate::money::{Currencies, Money, MoneyError, parse_amount};
 use crate::outbox;
 use crate::store::{self, Created, Idempotency, NewTransaction, Transaction};
 
@@ -28,6 +28,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub cache: Arc<Cache>,
     pub max_amount: Decimal,
+    /// The accepted currencies (ISO 4217 without fund and special codes, plus configured extras).
+    pub currencies: Currencies,
     pub cache_ttl: std::time::Duration,
     pub idempotency_wait: std::time::Duration,
     pub wake_dispatcher: Arc<Notify>,
@@ -40,6 +42,11 @@ pub struct AppState {
 pub struct CreateTransaction {
     #[schema(example = "u1")]
     pub user_id: String,
+    /// A JSON number, or a string holding one in JSON number syntax (`100.50`, `"100.50"`,
+    /// `1.5e1`). It is taken exactly as written or refused with 422, never rounded: at most 24
+    /// digits, and the value must be exact with the currency's ISO 4217 minor units (`100.500`
+    /// BRL is 100.50; `100.505` BRL and `1.234e0` BRL are refused). No `+`, `_`, spaces, leading
+    /// zeros, NaN or Infinity.
     #[schema(value_type = String, example = "100.50")]
     pub amount: serde_json::Value,
     #[schema(example = "BRL")]
@@ -48,22 +55,23 @@ pub struct CreateTransaction {
 
 impl CreateTransaction {
     /// Checks every field and reports all problems at once.
-    fn validate(&self, max_amount: Decimal) -> Result<NewTransaction, Vec<FieldError>> {
+    fn validate(&self, max_amount: Decimal, currencies: &Currencies) -> Result<NewTransaction, Vec<FieldError>> {
         let mut errors = Vec::new();
         let user_id = self.user_id.trim();
         if user_id.is_empty() || user_id.len() > 128 || user_id.chars().any(char::is_control) {
             errors.push(FieldError::new("user_id", "must be 1 to 128 printable characters"));
         }
         let currency =
-            parse_currency(&self.currency).map_err(|e| errors.push(FieldError::new("currency", e.to_string())));
+            currencies.parse(&self.currency).map_err(|e| errors.push(FieldError::new("currency", e.to_string())));
+        // With serde_json's `arbitrary_precision` a number's text is exactly what the client sent.
         let amount_text = match &self.amount {
             serde_json::Value::Number(n) => Some(n.to_string()),
             serde_json::Value::String(s) => Some(s.clone()),
             _ => None,
         };
         let amount = amount_text
-            .ok_or(crate::money::MoneyError::NotADecimal)
-            .and_then(|t| parse_decimal(&t))
+            .ok_or(MoneyError::NotADecimal)
+            .and_then(|t| parse_amount(&t))
             .map_err(|e| errors.push(FieldError::new("amount", e.to_string())));
         let money = match (amount, currency) {
             (Ok(amount), Ok(currency)) => Money::new(amount, currency, max_amount)
@@ -71,7 +79,7 @@ impl CreateTransaction {
                 .ok(),
             (Ok(amount), Err(())) => {
                 // Precision needs the currency; sign and size do not, so report them too.
-                if let Err(e) = crate::money::check_range(amount, max_amount) {
+                if let Err(e) = amount.check_range(max_amount) {
                     errors.push(FieldError::new("amount", e.to_string()));
                 }
                 None
@@ -113,7 +121,7 @@ pub async fn create_transaction(
     ApiJson(body): ApiJson<CreateTransaction>,
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
-    let new = body.validate(state.max_amount).map_err(ApiError::Validation)?;
+    let new = body.validate(state.max_amount, &state.currencies).map_err(ApiError::Validation)?;
     let id = platform::ids::new_id("txn");
     let traceparent = platform::trace_context::current().map(|c| c.to_string());
     let idempotency = idempotency_key.as_deref().map(|key| Idempotency { key, wait: state.idempotency_wait });

@@ -26,6 +26,12 @@ pub const SCHEMA: &str = "transactions";
 /// Applied by `transaction-api migrate` (the migration Job, as the migration role) or, locally, at start.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Precision of the `transactions.amount` column, `numeric(24, 4)` in the migrations (a test
+/// checks they agree): every amount and `transactions.max_amount` limit derives from these two.
+pub const AMOUNT_PRECISION: u32 = 24;
+/// Scale (decimal places) of the `transactions.amount` column.
+pub const AMOUNT_SCALE: u32 = 4;
+
 /// Amount histogram buckets, in major currency units.
 const AMOUNT_BUCKETS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 500.0, 1_000.0, 5_000.0, 10_000.0, 100_000.0, 1_000_000.0];
 
@@ -65,10 +71,13 @@ pub async fn build(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<Ser
         wake: wake.clone(),
     };
     let worker = tokio::spawn(dispatcher.run(lifecycle.workers_stop()));
+    let currencies = money::Currencies::new(&config.transactions.extra_currencies)
+        .map_err(|e| anyhow::anyhow!("transactions.extra_currencies: {e}"))?;
     let state = http::AppState {
         pool: pool.clone(),
         cache: cache.clone(),
         max_amount: config.transactions.max_amount,
+        currencies,
         cache_ttl: config.transactions.cache_ttl,
         idempotency_wait: config.transactions.idempotency_wait,
         wake_dispatcher: wake,
@@ -78,4 +87,33 @@ pub async fn build(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<Ser
         .route("/transactions/{id}", get(http::get_transaction))
         .with_state(state);
     Ok(Service { name: SERVICE, routes, openapi: openapi(), database: pool, cache: Some(cache), workers: vec![worker] })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(precision, scale)` of the last `numeric(p, s)` on a line naming the `amount` column, in
+    /// migration order: the column's type once every migration has run.
+    fn amount_column_type() -> Option<(u32, u32)> {
+        let mut found = None;
+        for migration in MIGRATOR.iter() {
+            for line in migration.sql.as_str().lines() {
+                let code = line.split("--").next().unwrap_or_default().to_ascii_lowercase();
+                let names_amount = code.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').any(|w| w == "amount");
+                let Some((_, rest)) = code.split_once("numeric(") else { continue };
+                let Some((inside, _)) = rest.split_once(')') else { continue };
+                let Some((precision, scale)) = inside.split_once(',') else { continue };
+                if names_amount {
+                    found = Some((precision.trim().parse().ok()?, scale.trim().parse().ok()?));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn amount_constants_match_the_migrations() {
+        assert_eq!(amount_column_type(), Some((AMOUNT_PRECISION, AMOUNT_SCALE)));
+    }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-use crate::money::{Money, format_amount, parse_currency};
+use crate::money::{Money, format_stored};
 
 /// A stored transaction as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -93,10 +93,7 @@ struct Row {
 impl Row {
     fn into_transaction(self) -> Transaction {
         let currency = self.currency.trim().to_owned();
-        let amount = match parse_currency(&currency) {
-            Ok(c) => format_amount(self.amount, c),
-            Err(_) => self.amount.normalize().to_string(),
-        };
+        let amount = format_stored(self.amount, &currency);
         Transaction {
             id: self.id,
             user_id: self.user_id,

@@ -9,6 +9,8 @@ async fn notifications_are_newest_first_with_cursor_pagination() {
     let app = spawn_app().await;
     for i in 0..25 {
         assert_eq!(app.notify(&json!({"user_id": "u1", "message": format!("m{i}")})).await.status().as_u16(), 201);
+        // Ids order by millisecond; within one their random parts order them arbitrarily.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     app.notify(&json!({"user_id": "someone-else", "message": "not yours"})).await;
     let mut seen = Vec::new();

@@ -217,3 +217,172 @@ async fn requests_over_the_rate_limit_get_429_with_retry_after() {
     assert_problem(limited, 429).await;
     assert_eq!(app.get("/health").await.status().as_u16(), 200, "probes are never rate limited");
 }
+
+/// A create request whose `amount` is `amount` byte for byte (a JSON number or a quoted string).
+fn raw_body(amount: &str, currency: &str) -> String {
+    format!(r#"{{"user_id":"u1","amount":{amount},"currency":"{currency}"}}"#)
+}
+
+#[tokio::test]
+async fn amounts_that_would_need_rounding_or_reinterpreting_are_422() {
+    let app = spawn_app().await;
+    for (amount, currency, hint) in [
+        // Rounded to 100.00 before amounts were parsed strictly.
+        ("100.000000000000000000000000000001e0", "BRL", "at most 24 digits"),
+        (r#""100.000000000000000000000000000001e0""#, "BRL", "at most 24 digits"),
+        ("1234567890123456789012345", "JPY", "at most 24 digits"),
+        // Exponents are fine only when the value is exact at the currency's scale.
+        ("1.234e0", "BRL", "BRL allows at most 2 decimal places"),
+        (r#""1.234e0""#, "BRL", "BRL allows at most 2 decimal places"),
+        ("1e-3", "BRL", "BRL allows at most 2 decimal places"),
+        ("1.5e0", "JPY", "JPY allows at most 0 decimal places"),
+        ("1.00001", "KWD", "KWD allows at most 3 decimal places"),
+        ("1e21", "BRL", "must not exceed"),
+        // Accepted as 1000.00 before.
+        (r#""1_000e0""#, "BRL", "decimal number"),
+        (r#""1_000""#, "BRL", "decimal number"),
+        (r#""NaN""#, "BRL", "decimal number"),
+        (r#""Infinity""#, "BRL", "decimal number"),
+        (r#""-Infinity""#, "BRL", "decimal number"),
+        (r#""+5""#, "BRL", "decimal number"),
+        (r#"" 5""#, "BRL", "decimal number"),
+        (r#""5 ""#, "BRL", "decimal number"),
+        (r#""05""#, "BRL", "decimal number"),
+        (r#"".5""#, "BRL", "decimal number"),
+        (r#""5.""#, "BRL", "decimal number"),
+        (r#""0x10""#, "BRL", "decimal number"),
+        (r#""1,50""#, "BRL", "decimal number"),
+        (r#""""#, "BRL", "decimal number"),
+        ("[1]", "BRL", "decimal number"),
+        (r#"{"value":1}"#, "BRL", "decimal number"),
+        ("0e5", "BRL", "greater than zero"),
+        ("-0", "BRL", "greater than zero"),
+        (r#""-1.5""#, "BRL", "greater than zero"),
+    ] {
+        let response = app.post_raw("application/json", raw_body(amount, currency), None).await;
+        let body = assert_problem(response, 422).await;
+        assert_eq!(body["errors"][0]["pointer"], "/amount", "{amount} {currency}: {body}");
+        let detail = body["errors"][0]["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(hint), "{amount} {currency}: {body}");
+        assert_eq!(body["errors"].as_array().map(Vec::len), Some(1), "{amount} {currency}: {body}");
+    }
+    assert_eq!(app.transaction_count().await, 0, "nothing is stored");
+}
+
+#[tokio::test]
+async fn accepted_amounts_keep_their_exact_value_when_read_back() {
+    let app = spawn_app().await;
+    for (amount, currency, expected, stored) in [
+        ("1.5e1", "BRL", "15.00", "15.0000"),
+        (r#""1.5e1""#, "BRL", "15.00", "15.0000"),
+        ("1.005E+2", "BRL", "100.50", "100.5000"),
+        ("100.500", "BRL", "100.50", "100.5000"),
+        ("1e-2", "EUR", "0.01", "0.0100"),
+        ("12000e-3", "JPY", "12", "12.0000"),
+        ("1E3", "JPY", "1000", "1000.0000"),
+        (r#""0.001""#, "KWD", "0.001", "0.0010"),
+        ("999999999.99", "MXN", "999999999.99", "999999999.9900"),
+        ("1000000000", "BRL", "1000000000.00", "1000000000.0000"),
+        ("0.01", "USD", "0.01", "0.0100"),
+    ] {
+        let response = app.post_raw("application/json", raw_body(amount, currency), None).await;
+        assert_eq!(response.status().as_u16(), 201, "{amount} {currency}");
+        let created: Value = response.json().await.expect("json");
+        assert_eq!(created["amount"], expected, "{amount} {currency}");
+        let id = created["id"].as_str().expect("id");
+        let fetched: Value = app.get(&format!("/transactions/{id}")).await.json().await.expect("json");
+        assert_eq!(fetched["amount"], expected, "{amount} {currency}: read back");
+        let in_database: String = sqlx::query_scalar("SELECT amount::text FROM transactions WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .expect("row");
+        assert_eq!(in_database, stored, "{amount} {currency}");
+    }
+}
+
+#[tokio::test]
+async fn the_largest_amount_the_column_holds_round_trips_when_configured() {
+    let options = crate::helpers::Options {
+        extra_toml: "[transactions]\nmax_amount = \"99999999999999999999.9999\"\nextra_currencies = [\"CLF\"]\n"
+            .to_owned(),
+        ..Default::default()
+    };
+    let app = crate::helpers::spawn_app_with(options).await;
+    let response = app.post_raw("application/json", raw_body("99999999999999999999.9999", "CLF"), None).await;
+    assert_eq!(response.status().as_u16(), 201);
+    let created: Value = response.json().await.expect("json");
+    assert_eq!(created["amount"], "99999999999999999999.9999");
+    let fetched: Value =
+        app.get(&format!("/transactions/{}", created["id"].as_str().expect("id"))).await.json().await.expect("json");
+    assert_eq!(fetched["amount"], "99999999999999999999.9999");
+    let over = app.post_raw("application/json", raw_body("100000000000000000000", "CLF"), None).await;
+    let body = assert_problem(over, 422).await;
+    assert_eq!(body["errors"][0]["pointer"], "/amount", "{body}");
+}
+
+#[tokio::test]
+async fn the_amount_column_is_what_the_limits_are_derived_from() {
+    let app = spawn_app().await;
+    let (precision, scale): (i32, i32) = sqlx::query_as(
+        "SELECT numeric_precision, numeric_scale FROM information_schema.columns
+         WHERE table_schema = 'transactions' AND table_name = 'transactions' AND column_name = 'amount'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("column");
+    assert_eq!((precision, scale), (24, 4));
+    assert_eq!(
+        (precision.cast_unsigned(), scale.cast_unsigned()),
+        (transaction_api::AMOUNT_PRECISION, transaction_api::AMOUNT_SCALE)
+    );
+}
+
+#[tokio::test]
+async fn fund_metal_and_special_codes_are_422_unless_configured() {
+    let app = spawn_app().await;
+    let not_currencies = [
+        "MXV", "BOV", "CLF", "COU", "USN", "UYI", "UYW", "CHE", "CHW", "XSU", "XUA", "XAU", "XAG", "XTS", "XXX", "XDR",
+        "XAD", "XBA",
+    ];
+    for code in not_currencies {
+        let body = assert_problem(app.post_raw("application/json", raw_body("1", code), None).await, 422).await;
+        assert_eq!(body["errors"][0]["pointer"], "/currency", "{code}: {body}");
+    }
+    for code in ["MXN", "CLP", "COP", "BOB", "USD", "UYU", "CHF", "XOF", "XAF", "XCD"] {
+        let response = app.post_raw("application/json", raw_body("1", code), None).await;
+        assert_eq!(response.status().as_u16(), 201, "{code}");
+    }
+    let options = crate::helpers::Options {
+        extra_toml: "[transactions]\nextra_currencies = [\"CLF\", \"MXV\"]\n".to_owned(),
+        ..Default::default()
+    };
+    let configured = crate::helpers::spawn_app_with(options).await;
+    for (amount, code, expected) in [("1.2345", "CLF", "1.2345"), ("10.5", "MXV", "10.50")] {
+        let response = configured.post_raw("application/json", raw_body(amount, code), None).await;
+        assert_eq!(response.status().as_u16(), 201, "{code}");
+        let created: Value = response.json().await.expect("json");
+        assert_eq!(created["amount"], expected, "{code}");
+    }
+    let body = assert_problem(configured.post_raw("application/json", raw_body("1", "BOV"), None).await, 422).await;
+    assert_eq!(body["errors"][0]["pointer"], "/currency", "only the configured codes: {body}");
+}
+
+#[tokio::test]
+async fn concurrent_creates_get_ids_whose_random_parts_are_not_neighbours() {
+    let app = spawn_app().await;
+    let bodies: Vec<Value> = (0..40).map(|i| brl(&format!("u{i}"), "1")).collect();
+    let creates = bodies.iter().map(|body| app.post_transaction(body));
+    let mut random = Vec::new();
+    for response in futures::future::join_all(creates).await {
+        assert_eq!(response.status().as_u16(), 201);
+        let created: Value = response.json().await.expect("json");
+        let id = created["id"].as_str().expect("id");
+        let ulid = ulid::Ulid::from_string(id.strip_prefix("txn_").expect("prefix")).expect("ULID");
+        random.push(ulid.random());
+    }
+    random.sort_unstable();
+    let closest = random.windows(2).map(|w| w[1] - w[0]).min().expect("pairs");
+    // Ids made in one millisecond used to differ by 1; 40 uniform 80-bit values are never this close.
+    assert!(closest >= 1 << 40, "two ids' random parts differ by only {closest}");
+}
