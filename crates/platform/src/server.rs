@@ -157,15 +157,16 @@ fn rate_limited(routes: Router, config: &ServerConfig) -> Router {
     }
 }
 
-/// The layers every route gets.
+/// The layers every route gets. `layer` (unlike `route_layer`) also wraps the fallbacks, and axum
+/// applies it inside routing, so the matched route template is known to the middleware.
 fn with_middleware(routes: Router, config: &ServerConfig) -> Router {
     let timeout = config.request_timeout;
     let body_limit = config.body_limit_bytes;
     routes
         .method_not_allowed_fallback(problem::method_not_allowed_fallback)
         .route_layer(middleware::from_fn(move |req, next| enforce_timeout(timeout, req, next)))
-        .route_layer(middleware::from_fn(red::record_red))
         .fallback(problem::not_found_fallback)
+        .layer(middleware::from_fn(red::record_red))
         .layer(middleware::from_fn(move |req, next| limit_body(body_limit, req, next)))
         .layer(middleware::from_fn(telemetry::request_context))
         .layer(CatchPanicLayer::custom(|_| {
