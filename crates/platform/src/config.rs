@@ -184,8 +184,13 @@ pub struct ServerConfig {
     /// After the drain delay, in-flight requests get this long to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// Per-instance request rate for the service's own routes (not probes or metrics).
+    /// Per-instance request rate of the API listener: the service's routes and the 404/405
+    /// answers to everything else. Not the probes and `/metrics` (`admin_rate_limit`).
     pub rate_limit: crate::rate_limit::RateLimitConfig,
+    /// A separate, generous bucket for the probe and metrics routes that do work, `/ready` (a
+    /// PostgreSQL and a Redis round trip) and `/metrics` (renders every series). `/health`, the
+    /// liveness probe, is never limited.
+    pub admin_rate_limit: crate::rate_limit::RateLimitConfig,
     /// Serve HTTPS when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
@@ -373,6 +378,7 @@ mod tests {
         drain_delay = "1s"
         shutdown_grace = "2s"
         rate_limit = { requests_per_second = 0, burst = 1 }
+        admin_rate_limit = { requests_per_second = 0, burst = 1 }
         [telemetry]
         log_format = "json"
         log_level = "info"

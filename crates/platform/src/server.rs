@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -28,6 +28,14 @@ use crate::extract::BodyLimit;
 use crate::problem::{self, Problem};
 use crate::rate_limit::RateLimiter;
 use crate::{metrics as red, telemetry};
+
+/// The liveness probe: cheap, and never rate limited (a refused liveness probe restarts the pod).
+const HEALTH: &str = "/health";
+/// The readiness probe: a PostgreSQL and a Redis round trip, so behind the admin rate limit.
+const READY: &str = "/ready";
+/// Renders every series, so behind the admin rate limit.
+const METRICS: &str = "/metrics";
+const OPENAPI: &str = "/openapi.json";
 
 /// Shared shutdown state: readiness flag, the shutdown trigger, and background workers.
 #[derive(Debug, Clone, Default)]
@@ -121,51 +129,72 @@ fn admin_routes(service: &Service, lifecycle: &Lifecycle) -> Router {
         openapi: Arc::new(service.openapi.to_json().unwrap_or_else(|_| "{}".to_owned())),
     };
     Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/openapi.json", get(openapi))
+        .route(HEALTH, get(health))
+        .route(READY, get(ready))
+        .route(OPENAPI, get(openapi))
         .with_state(state)
-        .route("/metrics", get(red::render))
+        .route(METRICS, get(red::render))
 }
 
 /// Builds the full router on one listener: service routes, `/health`, `/ready`, `/metrics`,
-/// `/openapi.json`, RED metrics, timeouts, body limit, request ids, problem+json fallbacks,
-/// panic safety.
+/// `/openapi.json`, RED metrics, timeouts, body limit, rate limits, request ids, problem+json
+/// fallbacks, panic safety.
 pub fn router(service: &Service, config: &ServerConfig, lifecycle: &Lifecycle) -> Router {
-    with_middleware(rate_limited(service.routes.clone(), config).merge(admin_routes(service, lifecycle)), config)
+    let limits =
+        RateLimits { api: RateLimiter::new(&config.rate_limit), admin: RateLimiter::new(&config.admin_rate_limit) };
+    with_middleware(service.routes.clone().merge(admin_routes(service, lifecycle)), config, limits)
 }
 
 /// The API listener's router when the admin routes have a port of their own: the probes and
-/// `/metrics` are not routed here at all (a 404 like any unknown path).
+/// `/metrics` are not routed here at all (a 404 like any unknown path, and rate limited like one).
 fn api_router(service: &Service, config: &ServerConfig) -> Router {
-    with_middleware(rate_limited(service.routes.clone(), config), config)
+    let limits = RateLimits { api: RateLimiter::new(&config.rate_limit), admin: None };
+    with_middleware(service.routes.clone(), config, limits)
 }
 
-/// The admin listener's router: probes and metrics, with the same fallbacks and timeouts, but
-/// no rate limit (the kubelet and Prometheus must always get through).
+/// The admin listener's router: probes and metrics, with the same fallbacks and timeouts, and
+/// only the admin rate limit (on `/ready` and `/metrics`).
 fn admin_router(service: &Service, config: &ServerConfig, lifecycle: &Lifecycle) -> Router {
-    with_middleware(admin_routes(service, lifecycle), config)
+    let limits = RateLimits { api: None, admin: RateLimiter::new(&config.admin_rate_limit) };
+    with_middleware(admin_routes(service, lifecycle), config, limits)
 }
 
-/// The service's own routes behind the per-replica rate limit, when one is configured.
-fn rate_limited(routes: Router, config: &ServerConfig) -> Router {
-    match RateLimiter::new(&config.rate_limit).map(Arc::new) {
-        Some(limiter) => {
-            routes.route_layer(middleware::from_fn(move |req, next| limit_rate(limiter.clone(), req, next)))
+/// The token buckets of one listener (docs/configuration.md, "Rate limits"):
+/// - `api`: every request that is not a probe or `/metrics`: the service's routes, and the
+///   404/405 answers to anything else (answering a scan costs as much as answering a client);
+/// - `admin`: `/ready` and `/metrics`, which do real work, in a bucket of their own so that API
+///   traffic never makes the kubelet's or Prometheus's requests wait;
+/// - neither: `/health` (a refused liveness probe restarts the pod), `/openapi.json` (a static
+///   document), and unknown paths on the admin listener (which the Ingress does not route).
+#[derive(Debug, Default)]
+struct RateLimits {
+    api: Option<RateLimiter>,
+    admin: Option<RateLimiter>,
+}
+
+impl RateLimits {
+    /// The bucket a request to the route `matched` (`None`: no route) draws from.
+    fn bucket(&self, matched: Option<&str>) -> Option<&RateLimiter> {
+        match matched {
+            Some(READY | METRICS) => self.admin.as_ref(),
+            Some(HEALTH | OPENAPI) => None,
+            _ => self.api.as_ref(),
         }
-        None => routes,
     }
 }
 
 /// The layers every route gets. `layer` (unlike `route_layer`) also wraps the fallbacks, and axum
 /// applies it inside routing, so the matched route template is known to the middleware.
-fn with_middleware(routes: Router, config: &ServerConfig) -> Router {
+fn with_middleware(routes: Router, config: &ServerConfig, limits: RateLimits) -> Router {
     let timeout = config.request_timeout;
     let body_limit = config.body_limit_bytes;
+    let limits = Arc::new(limits);
     routes
         .method_not_allowed_fallback(problem::method_not_allowed_fallback)
         .route_layer(middleware::from_fn(move |req, next| enforce_timeout(timeout, req, next)))
         .fallback(problem::not_found_fallback)
+        .layer(middleware::from_fn(move |req, next| limit_rate(limits.clone(), req, next)))
+        // Outside the rate limit, so that 429s are counted too.
         .layer(middleware::from_fn(red::record_red))
         .layer(middleware::from_fn(move |req, next| limit_body(body_limit, req, next)))
         .layer(middleware::from_fn(telemetry::request_context))
@@ -216,10 +245,11 @@ async fn enforce_timeout(timeout: Duration, request: Request, next: Next) -> Res
     }
 }
 
-async fn limit_rate(limiter: Arc<RateLimiter>, request: Request, next: Next) -> Response {
-    match limiter.try_acquire() {
-        Ok(()) => next.run(request).await,
-        Err(retry_after) => Problem::too_many_requests(retry_after).into_response(),
+async fn limit_rate(limits: Arc<RateLimits>, request: Request, next: Next) -> Response {
+    let matched = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    match limits.bucket(matched).map(RateLimiter::try_acquire) {
+        Some(Err(retry_after)) => Problem::too_many_requests(retry_after).into_response(),
+        Some(Ok(())) | None => next.run(request).await,
     }
 }
 
