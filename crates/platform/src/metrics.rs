@@ -80,6 +80,15 @@ fn describe() {
     );
     metrics::describe_counter!("cache_operations_total", "Cache reads and writes by outcome");
     metrics::describe_gauge!("circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open");
+    metrics::describe_gauge!("http_server_connections", "Open connections by listener");
+    metrics::describe_counter!(
+        "http_server_connection_timeouts_total",
+        "Connections closed for a request head not received in time (header) or no progress (idle), by listener"
+    );
+    metrics::describe_counter!(
+        "http_server_connection_limit_reached_total",
+        "Times a listener had max_connections open and new connections waited for a free slot"
+    );
 }
 
 /// The method as a metric label: the eight methods of RFC 9110 and PATCH (RFC 5789) as themselves, anything

@@ -15,7 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum_server::Handle;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -28,6 +28,10 @@ use crate::extract::BodyLimit;
 use crate::problem::{self, Problem};
 use crate::rate_limit::RateLimiter;
 use crate::{metrics as red, telemetry};
+
+mod connections;
+
+use connections::{ConnectionLimits, GuardAcceptor, Limited};
 
 /// The liveness probe: cheap, and never rate limited (a refused liveness probe restarts the pod).
 const HEALTH: &str = "/health";
@@ -331,12 +335,13 @@ pub async fn serve(
     let admin_server = match (admin, admin_app) {
         (Some(listener), Some(app)) => {
             tracing::info!(service = service.name, address = %listener.local_addr()?, scheme, "admin listening");
-            Some(tokio::spawn(listen(listener, app, tls.clone(), admin_handle.clone())))
+            let limits = ConnectionLimits::new("admin", &config);
+            Some(tokio::spawn(listen(listener, app, tls.clone(), admin_handle.clone(), limits)))
         }
         _ => None,
     };
     tracing::info!(service = service.name, address = %api.local_addr()?, scheme, "listening");
-    let served = listen(api, app, tls, handle).await;
+    let served = listen(api, app, tls, handle, ConnectionLimits::new("api", &config)).await;
     // The probes answer (503) until the API has drained; then they stop too.
     orchestrator.abort();
     admin_handle.shutdown();
@@ -356,18 +361,31 @@ pub async fn serve(
     served.and(admin_served)
 }
 
-/// Serves `app` on `listener` (HTTPS when `tls` is set) until `handle` shuts it down.
+/// Serves `app` on `listener` (HTTPS when `tls` is set) until `handle` shuts it down, with the
+/// connection limits of `server/connections.rs` (under TLS too).
 async fn listen(
     listener: std::net::TcpListener,
     app: Router,
     tls: Option<RustlsConfig>,
     handle: Handle,
+    limits: ConnectionLimits,
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
-    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let make_service = Limited::new(app.into_make_service_with_connect_info::<SocketAddr>(), limits);
     match tls {
-        Some(tls) => axum_server::from_tcp_rustls(listener, tls).handle(handle).serve(make_service).await?,
-        None => axum_server::from_tcp(listener).handle(handle).serve(make_service).await?,
+        Some(tls) => {
+            // The guard sits under TLS, so its head deadline covers the handshake as well.
+            let acceptor =
+                RustlsAcceptor::new(tls).handshake_timeout(limits.header_read_timeout).acceptor(GuardAcceptor);
+            let mut server = axum_server::from_tcp(listener).acceptor(acceptor).handle(handle);
+            connections::configure(server.http_builder(), &limits);
+            server.serve(make_service).await?;
+        }
+        None => {
+            let mut server = axum_server::from_tcp(listener).acceptor(GuardAcceptor).handle(handle);
+            connections::configure(server.http_builder(), &limits);
+            server.serve(make_service).await?;
+        }
     }
     Ok(())
 }

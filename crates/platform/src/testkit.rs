@@ -50,6 +50,10 @@ request_timeout = "5s"
 body_limit_bytes = 1024
 drain_delay = "0s"
 shutdown_grace = "1s"
+header_read_timeout = "5s"
+idle_timeout = "30s"
+max_connections = 256
+max_header_bytes = 16384
 rate_limit = { requests_per_second = 0, burst = 1 }
 admin_rate_limit = { requests_per_second = 0, burst = 1 }"#,
     )
