@@ -110,6 +110,11 @@ impl Cache {
         Ok(loaded)
     }
 
+    /// The state of the breaker in front of Redis (open: the cache is skipped).
+    pub fn circuit_state(&self) -> crate::breaker::BreakerState {
+        self.breaker.state()
+    }
+
     /// Whether Redis answers PING within the budget (reported by `/ready`, never fatal).
     pub async fn is_reachable(&self) -> bool {
         let ping = async {
@@ -123,10 +128,12 @@ impl Cache {
     where
         F: AsyncFnOnce(deadpool_redis::Connection) -> deadpool_redis::redis::RedisResult<R>,
     {
-        if !self.breaker.allow() {
+        // Held across the awaits below: if this future is dropped (the request timed out, the
+        // client went away), the permit is abandoned, never left holding the half-open trial.
+        let Some(permit) = self.breaker.try_acquire() else {
             self.count(op, Outcome::Skipped);
             return None;
-        }
+        };
         let attempt = async {
             let conn = self.pool.get().await.map_err(|e| e.to_string())?;
             command(conn).await.map_err(|e| e.to_string())
@@ -138,11 +145,11 @@ impl Cache {
         };
         match result {
             Ok(value) => {
-                self.breaker.record_success();
+                permit.succeeded();
                 Some(value)
             }
             Err(error) => {
-                self.breaker.record_failure();
+                permit.failed();
                 self.count(op, Outcome::Error);
                 tracing::warn!(cache = self.name, op, %error, "cache unavailable; falling back to the database");
                 None

@@ -107,6 +107,11 @@ impl ResilientClient {
         self.breaker.is_rejecting()
     }
 
+    /// The breaker's state (closed, half-open, open), as the `circuit_breaker_state` gauge shows it.
+    pub fn circuit_state(&self) -> crate::breaker::BreakerState {
+        self.breaker.state()
+    }
+
     /// Sends the request built by `build` (called once per attempt), retrying transport errors,
     /// 429 and 5xx. Only use it for idempotent requests: a retry may repeat a request whose
     /// response was lost. `trace` is the parent context (the current request's when `None`).
@@ -121,9 +126,11 @@ impl ResilientClient {
         let parent = trace.or_else(trace_context::current).unwrap_or_else(TraceContext::new_root);
         let mut attempt = 1;
         loop {
-            if !self.breaker.allow() {
+            // Dropped unreported if this future is cancelled mid-attempt: the breaker then treats
+            // the attempt as abandoned (and hands a half-open trial to the next call).
+            let Some(permit) = self.breaker.try_acquire() else {
                 return Err(ClientError::CircuitOpen(self.name));
-            }
+            };
             let started = std::time::Instant::now();
             // The receiver's parent is the span making this call (the request or delivery span).
             let outcome = build(&self.http).header(TRACEPARENT, parent.to_string()).send().await;
@@ -145,16 +152,16 @@ impl ResilientClient {
                 .record(started.elapsed().as_secs_f64());
             let retryable = match &result {
                 Ok(_) => {
-                    self.breaker.record_success();
+                    permit.succeeded();
                     return result;
                 }
                 Err(ClientError::Status { status, .. }) if *status < 500 && *status != 429 => {
                     // The dependency is healthy; the request itself is wrong. Retrying will not help.
-                    self.breaker.record_success();
+                    permit.succeeded();
                     false
                 }
                 Err(_) => {
-                    self.breaker.record_failure();
+                    permit.failed();
                     true
                 }
             };

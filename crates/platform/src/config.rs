@@ -161,6 +161,10 @@ pub fn render_redacted<C: ServiceConfig>(config: &C) -> String {
     toml::to_string_pretty(config).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
 }
 
+/// The smallest `server.max_header_bytes`: hyper refuses a smaller read buffer
+/// (`MINIMUM_MAX_BUFFER_SIZE` in hyper 1's `proto/h1/io.rs`; `max_buf_size` panics below it).
+pub const MIN_HEADER_BYTES: usize = 8192;
+
 /// HTTP listener settings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -184,8 +188,30 @@ pub struct ServerConfig {
     /// After the drain delay, in-flight requests get this long to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// Per-instance request rate for the service's own routes (not probes or metrics).
+    /// A connection must deliver a complete request head within this: from its accept (TLS
+    /// handshake included) for its first request, from the request's first byte for later ones.
+    /// Slower connections are closed (slowloris).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress and nothing received for this long is closed,
+    /// as is one that moves no byte in either direction for this long mid-request (a client
+    /// that stops reading its response). Longer than the ALB's idle timeout (60 s), so that the
+    /// ALB closes its idle connections first and never sends a request on one we are closing.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections each listener (API, admin) serves at once. Beyond it, new connections wait in
+    /// the kernel's accept queue until one closes; none is refused.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) in bytes; larger get 431 (HTTP/2 too, as
+    /// h2 answers an oversized header list). At least 8192, hyper's smallest read buffer.
+    pub max_header_bytes: usize,
+    /// Per-instance request rate of the API listener: the service's routes and the 404/405
+    /// answers to everything else. Not the probes and `/metrics` (`admin_rate_limit`).
     pub rate_limit: crate::rate_limit::RateLimitConfig,
+    /// A separate, generous bucket for the probe and metrics routes that do work, `/ready` (a
+    /// PostgreSQL and a Redis round trip) and `/metrics` (renders every series). `/health`, the
+    /// liveness probe, is never limited.
+    pub admin_rate_limit: crate::rate_limit::RateLimitConfig,
     /// Serve HTTPS when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
@@ -198,6 +224,27 @@ impl ServerConfig {
         }
         if self.body_limit_bytes == 0 {
             return Err(ConfigError::new("server.body_limit_bytes", "must be greater than zero"));
+        }
+        if self.header_read_timeout.is_zero() {
+            return Err(ConfigError::new("server.header_read_timeout", "must be greater than zero"));
+        }
+        if self.idle_timeout < self.request_timeout {
+            return Err(ConfigError::new(
+                "server.idle_timeout",
+                format!(
+                    "must be at least server.request_timeout ({:?}): a handler may work that long without a byte moving",
+                    self.request_timeout
+                ),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::new("server.max_connections", "must be at least 1"));
+        }
+        if !(MIN_HEADER_BYTES..=u32::MAX as usize).contains(&self.max_header_bytes) {
+            return Err(ConfigError::new(
+                "server.max_header_bytes",
+                format!("must be at least {MIN_HEADER_BYTES} (hyper's smallest read buffer) and fit in 32 bits"),
+            ));
         }
         if self.admin_port.is_some_and(|admin| admin == self.port && admin != 0) {
             return Err(ConfigError::new("server.admin_port", format!("must differ from server.port ({})", self.port)));
@@ -372,7 +419,12 @@ mod tests {
         body_limit_bytes = 1024
         drain_delay = "1s"
         shutdown_grace = "2s"
+        header_read_timeout = "10s"
+        idle_timeout = "75s"
+        max_connections = 64
+        max_header_bytes = 16384
         rate_limit = { requests_per_second = 0, burst = 1 }
+        admin_rate_limit = { requests_per_second = 0, burst = 1 }
         [telemetry]
         log_format = "json"
         log_level = "info"
@@ -482,6 +534,28 @@ mod tests {
                 assert!(!text.contains("s3cr3t-password"), "{text}");
             }
             assert!(printed.contains("[REDACTED]") && printed.contains("port = 8000"), "{printed}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn connection_limits_are_checked() {
+        Jail::expect_with(|jail| {
+            jail.set_env("QUILLA_SERVER__IDLE_TIMEOUT", "1s");
+            let error = load_in(jail, None).expect_err("idle shorter than a request may take");
+            assert_eq!(error.key, "server.idle_timeout", "{error}");
+            jail.set_env("QUILLA_SERVER__IDLE_TIMEOUT", "75s");
+            jail.set_env("QUILLA_SERVER__MAX_HEADER_BYTES", "4096");
+            let error = load_in(jail, None).expect_err("below hyper's minimum buffer");
+            assert_eq!(error.key, "server.max_header_bytes", "{error}");
+            jail.set_env("QUILLA_SERVER__MAX_HEADER_BYTES", "8192");
+            jail.set_env("QUILLA_SERVER__MAX_CONNECTIONS", "0");
+            assert_eq!(load_in(jail, None).expect_err("no connection at all").key, "server.max_connections");
+            jail.set_env("QUILLA_SERVER__MAX_CONNECTIONS", "1");
+            jail.set_env("QUILLA_SERVER__HEADER_READ_TIMEOUT", "0s");
+            assert_eq!(load_in(jail, None).expect_err("no time for a head").key, "server.header_read_timeout");
+            jail.set_env("QUILLA_SERVER__HEADER_READ_TIMEOUT", "1s");
+            load_in(jail, None).map_err(|e| e.to_string())?;
             Ok(())
         });
     }

@@ -161,9 +161,7 @@ impl IntoResponse for Problem {
 }
 
 /// Fallback for unknown routes (counted under the `unmatched` route label).
-pub async fn not_found_fallback(method: http::Method) -> Problem {
-    metrics::counter!("http_requests_total", "method" => method.as_str().to_owned(), "route" => "unmatched", "status" => "404")
-        .increment(1);
+pub async fn not_found_fallback() -> Problem {
     Problem::not_found("no route matches this path")
 }
 

@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum_server::Handle;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -28,6 +28,18 @@ use crate::extract::BodyLimit;
 use crate::problem::{self, Problem};
 use crate::rate_limit::RateLimiter;
 use crate::{metrics as red, telemetry};
+
+mod connections;
+
+use connections::{ConnectionLimits, GuardAcceptor, Limited};
+
+/// The liveness probe: cheap, and never rate limited (a refused liveness probe restarts the pod).
+const HEALTH: &str = "/health";
+/// The readiness probe: a PostgreSQL and a Redis round trip, so behind the admin rate limit.
+const READY: &str = "/ready";
+/// Renders every series, so behind the admin rate limit.
+const METRICS: &str = "/metrics";
+const OPENAPI: &str = "/openapi.json";
 
 /// Shared shutdown state: readiness flag, the shutdown trigger, and background workers.
 #[derive(Debug, Clone, Default)]
@@ -121,51 +133,73 @@ fn admin_routes(service: &Service, lifecycle: &Lifecycle) -> Router {
         openapi: Arc::new(service.openapi.to_json().unwrap_or_else(|_| "{}".to_owned())),
     };
     Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/openapi.json", get(openapi))
+        .route(HEALTH, get(health))
+        .route(READY, get(ready))
+        .route(OPENAPI, get(openapi))
         .with_state(state)
-        .route("/metrics", get(red::render))
+        .route(METRICS, get(red::render))
 }
 
 /// Builds the full router on one listener: service routes, `/health`, `/ready`, `/metrics`,
-/// `/openapi.json`, RED metrics, timeouts, body limit, request ids, problem+json fallbacks,
-/// panic safety.
+/// `/openapi.json`, RED metrics, timeouts, body limit, rate limits, request ids, problem+json
+/// fallbacks, panic safety.
 pub fn router(service: &Service, config: &ServerConfig, lifecycle: &Lifecycle) -> Router {
-    with_middleware(rate_limited(service.routes.clone(), config).merge(admin_routes(service, lifecycle)), config)
+    let limits =
+        RateLimits { api: RateLimiter::new(&config.rate_limit), admin: RateLimiter::new(&config.admin_rate_limit) };
+    with_middleware(service.routes.clone().merge(admin_routes(service, lifecycle)), config, limits)
 }
 
 /// The API listener's router when the admin routes have a port of their own: the probes and
-/// `/metrics` are not routed here at all (a 404 like any unknown path).
+/// `/metrics` are not routed here at all (a 404 like any unknown path, and rate limited like one).
 fn api_router(service: &Service, config: &ServerConfig) -> Router {
-    with_middleware(rate_limited(service.routes.clone(), config), config)
+    let limits = RateLimits { api: RateLimiter::new(&config.rate_limit), admin: None };
+    with_middleware(service.routes.clone(), config, limits)
 }
 
-/// The admin listener's router: probes and metrics, with the same fallbacks and timeouts, but
-/// no rate limit (the kubelet and Prometheus must always get through).
+/// The admin listener's router: probes and metrics, with the same fallbacks and timeouts, and
+/// only the admin rate limit (on `/ready` and `/metrics`).
 fn admin_router(service: &Service, config: &ServerConfig, lifecycle: &Lifecycle) -> Router {
-    with_middleware(admin_routes(service, lifecycle), config)
+    let limits = RateLimits { api: None, admin: RateLimiter::new(&config.admin_rate_limit) };
+    with_middleware(admin_routes(service, lifecycle), config, limits)
 }
 
-/// The service's own routes behind the per-replica rate limit, when one is configured.
-fn rate_limited(routes: Router, config: &ServerConfig) -> Router {
-    match RateLimiter::new(&config.rate_limit).map(Arc::new) {
-        Some(limiter) => {
-            routes.route_layer(middleware::from_fn(move |req, next| limit_rate(limiter.clone(), req, next)))
+/// The token buckets of one listener (docs/configuration.md, "Rate limits"):
+/// - `api`: every request that is not a probe or `/metrics`: the service's routes, and the
+///   404/405 answers to anything else (answering a scan costs as much as answering a client);
+/// - `admin`: `/ready` and `/metrics`, which do real work, in a bucket of their own so that API
+///   traffic never makes the kubelet's or Prometheus's requests wait;
+/// - neither: `/health` (a refused liveness probe restarts the pod), `/openapi.json` (a static
+///   document), and unknown paths on the admin listener (which the Ingress does not route).
+#[derive(Debug, Default)]
+struct RateLimits {
+    api: Option<RateLimiter>,
+    admin: Option<RateLimiter>,
+}
+
+impl RateLimits {
+    /// The bucket a request to the route `matched` (`None`: no route) draws from.
+    fn bucket(&self, matched: Option<&str>) -> Option<&RateLimiter> {
+        match matched {
+            Some(READY | METRICS) => self.admin.as_ref(),
+            Some(HEALTH | OPENAPI) => None,
+            _ => self.api.as_ref(),
         }
-        None => routes,
     }
 }
 
-/// The layers every route gets.
-fn with_middleware(routes: Router, config: &ServerConfig) -> Router {
+/// The layers every route gets. `layer` (unlike `route_layer`) also wraps the fallbacks, and axum
+/// applies it inside routing, so the matched route template is known to the middleware.
+fn with_middleware(routes: Router, config: &ServerConfig, limits: RateLimits) -> Router {
     let timeout = config.request_timeout;
     let body_limit = config.body_limit_bytes;
+    let limits = Arc::new(limits);
     routes
         .method_not_allowed_fallback(problem::method_not_allowed_fallback)
         .route_layer(middleware::from_fn(move |req, next| enforce_timeout(timeout, req, next)))
-        .route_layer(middleware::from_fn(red::record_red))
         .fallback(problem::not_found_fallback)
+        .layer(middleware::from_fn(move |req, next| limit_rate(limits.clone(), req, next)))
+        // Outside the rate limit, so that 429s are counted too.
+        .layer(middleware::from_fn(red::record_red))
         .layer(middleware::from_fn(move |req, next| limit_body(body_limit, req, next)))
         .layer(middleware::from_fn(telemetry::request_context))
         .layer(CatchPanicLayer::custom(|_| {
@@ -215,10 +249,11 @@ async fn enforce_timeout(timeout: Duration, request: Request, next: Next) -> Res
     }
 }
 
-async fn limit_rate(limiter: Arc<RateLimiter>, request: Request, next: Next) -> Response {
-    match limiter.try_acquire() {
-        Ok(()) => next.run(request).await,
-        Err(retry_after) => Problem::too_many_requests(retry_after).into_response(),
+async fn limit_rate(limits: Arc<RateLimits>, request: Request, next: Next) -> Response {
+    let matched = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    match limits.bucket(matched).map(RateLimiter::try_acquire) {
+        Some(Err(retry_after)) => Problem::too_many_requests(retry_after).into_response(),
+        Some(Ok(())) | None => next.run(request).await,
     }
 }
 
@@ -300,12 +335,13 @@ pub async fn serve(
     let admin_server = match (admin, admin_app) {
         (Some(listener), Some(app)) => {
             tracing::info!(service = service.name, address = %listener.local_addr()?, scheme, "admin listening");
-            Some(tokio::spawn(listen(listener, app, tls.clone(), admin_handle.clone())))
+            let limits = ConnectionLimits::new("admin", &config);
+            Some(tokio::spawn(listen(listener, app, tls.clone(), admin_handle.clone(), limits)))
         }
         _ => None,
     };
     tracing::info!(service = service.name, address = %api.local_addr()?, scheme, "listening");
-    let served = listen(api, app, tls, handle).await;
+    let served = listen(api, app, tls, handle, ConnectionLimits::new("api", &config)).await;
     // The probes answer (503) until the API has drained; then they stop too.
     orchestrator.abort();
     admin_handle.shutdown();
@@ -325,18 +361,31 @@ pub async fn serve(
     served.and(admin_served)
 }
 
-/// Serves `app` on `listener` (HTTPS when `tls` is set) until `handle` shuts it down.
+/// Serves `app` on `listener` (HTTPS when `tls` is set) until `handle` shuts it down, with the
+/// connection limits of `server/connections.rs` (under TLS too).
 async fn listen(
     listener: std::net::TcpListener,
     app: Router,
     tls: Option<RustlsConfig>,
     handle: Handle,
+    limits: ConnectionLimits,
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
-    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let make_service = Limited::new(app.into_make_service_with_connect_info::<SocketAddr>(), limits);
     match tls {
-        Some(tls) => axum_server::from_tcp_rustls(listener, tls).handle(handle).serve(make_service).await?,
-        None => axum_server::from_tcp(listener).handle(handle).serve(make_service).await?,
+        Some(tls) => {
+            // The guard sits under TLS, so its head deadline covers the handshake as well.
+            let acceptor =
+                RustlsAcceptor::new(tls).handshake_timeout(limits.header_read_timeout).acceptor(GuardAcceptor);
+            let mut server = axum_server::from_tcp(listener).acceptor(acceptor).handle(handle);
+            connections::configure(server.http_builder(), &limits);
+            server.serve(make_service).await?;
+        }
+        None => {
+            let mut server = axum_server::from_tcp(listener).acceptor(GuardAcceptor).handle(handle);
+            connections::configure(server.http_builder(), &limits);
+            server.serve(make_service).await?;
+        }
     }
     Ok(())
 }

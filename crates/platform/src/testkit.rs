@@ -41,7 +41,7 @@ pub fn aws_endpoint() -> String {
     required_env("QUILLA_TEST_AWS_ENDPOINT")
 }
 
-/// Server settings for in-process tests: loopback, no drain delay, no rate limit.
+/// Server settings for in-process tests: loopback, no drain delay, no rate limits.
 pub fn server_config() -> crate::config::ServerConfig {
     toml::from_str(
         r#"host = "127.0.0.1"
@@ -50,7 +50,12 @@ request_timeout = "5s"
 body_limit_bytes = 1024
 drain_delay = "0s"
 shutdown_grace = "1s"
-rate_limit = { requests_per_second = 0, burst = 1 }"#,
+header_read_timeout = "5s"
+idle_timeout = "30s"
+max_connections = 256
+max_header_bytes = 16384
+rate_limit = { requests_per_second = 0, burst = 1 }
+admin_rate_limit = { requests_per_second = 0, burst = 1 }"#,
     )
     .expect("test server config")
 }
