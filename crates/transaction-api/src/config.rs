@@ -60,6 +60,10 @@ pub struct WebhookConfig {
 pub struct OutboxConfig {
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How long a claimed event is this replica's to deliver; past it, another may claim it.
+    /// Must outlast one delivery with all its in-call retries (checked at load).
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
     pub batch_size: u32,
     pub max_attempts: u32,
     #[serde(with = "humantime_serde")]
@@ -152,6 +156,18 @@ impl ServiceConfig for Config {
             _ => return Err(ConfigError::new("webhook.url", "must be an http or https URL")),
         }
         self.webhook.client.validate("webhook.client")?;
+        let client = &self.webhook.client;
+        let attempts = client.max_attempts.max(1);
+        let worst_delivery = client.timeout * attempts + client.backoff_max * (attempts - 1);
+        if self.outbox.lease <= worst_delivery {
+            return Err(ConfigError::new(
+                "outbox.lease",
+                format!(
+                    "must be longer than one delivery with its retries ({worst_delivery:?}: webhook.client.timeout × \
+                     max_attempts + backoff_max × retries), or a slow delivery could be sent twice at once"
+                ),
+            ));
+        }
         if self.outbox.batch_size == 0 {
             return Err(ConfigError::new("outbox.batch_size", "must be at least 1"));
         }
@@ -178,6 +194,13 @@ mod tests {
         let config = with(KEY).expect("valid");
         assert_eq!(config.server.port, 8080);
         assert_eq!(config.transactions.max_amount, Decimal::from(1_000_000_000));
+    }
+
+    #[test]
+    fn a_lease_shorter_than_one_delivery_with_its_retries_names_outbox_lease() {
+        let error = with(&format!("{KEY}[outbox]\nlease = \"4s\"\n")).expect_err("2 × 2 s + 500 ms > 4 s");
+        assert_eq!(error.key, "outbox.lease");
+        with(&format!("{KEY}[outbox]\nlease = \"5s\"\n")).expect("longer than 4.5 s");
     }
 
     #[test]

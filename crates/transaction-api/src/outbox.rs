@@ -1,5 +1,6 @@
 //! Outbox dispatcher: delivers pending events to notification-service, signed, with retries;
-//! events that exhaust their attempts become dead letters. Safe with many replicas.
+//! events that exhaust their attempts become dead letters. Safe with many replicas: events are
+//! claimed under a lease and no transaction is open while they are delivered.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,22 +99,29 @@ impl Dispatcher {
         tracing::info!("outbox dispatcher stopped");
     }
 
-    /// Claims due events (skipping rows other replicas hold), delivers them concurrently and
-    /// records each outcome, all in one database transaction. Returns how many were claimed.
+    /// Claims due events under a lease (one statement, committed at once), delivers them
+    /// concurrently with no transaction open, then records each outcome in one short statement
+    /// that applies only while this claim still holds. Returns how many were claimed.
     pub async fn dispatch_batch(&self) -> Result<usize, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let claim = platform::ids::new_id("claim");
+        // SKIP LOCKED: replicas claiming at the same moment take different events. The lease is
+        // the event's next_attempt_at: if this replica dies, the event is due again when it ends.
         let due: Vec<Pending> = sqlx::query_as(
-            "SELECT event_id, payload, traceparent, attempts FROM outbox
-             WHERE status = 'pending' AND next_attempt_at <= now()
-             ORDER BY next_attempt_at, event_id
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED",
+            "UPDATE outbox SET next_attempt_at = now() + $2, claim = $3
+             WHERE event_id IN (
+                 SELECT event_id FROM outbox
+                 WHERE status = 'pending' AND next_attempt_at <= now()
+                 ORDER BY next_attempt_at, event_id
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING event_id, payload, traceparent, attempts",
         )
         .bind(i64::from(self.config.batch_size))
-        .fetch_all(&mut *tx)
+        .bind(self.config.lease)
+        .bind(&claim)
+        .fetch_all(&self.pool)
         .await?;
         if due.is_empty() {
-            tx.rollback().await?;
             return Ok(0);
         }
         let outcomes = futures::future::join_all(due.iter().map(|event| self.deliver(event))).await;
@@ -121,20 +129,29 @@ impl Dispatcher {
         for (event, outcome) in due.iter().zip(outcomes) {
             match outcome {
                 Ok(()) => delivered.push(event.event_id.clone()),
-                Err(failure) => self.record_failure(&mut tx, event, failure).await?,
+                Err(failure) => self.record_failure(&claim, event, failure).await?,
             }
         }
         if !delivered.is_empty() {
-            // One statement for the common case keeps the batch's transaction short.
-            sqlx::query(
-                "UPDATE outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = now(), last_error = NULL
-                 WHERE event_id = ANY($1)",
+            // One statement for the common case. An event whose lease ran out and that another
+            // replica claimed is left to that replica.
+            let recorded = sqlx::query(
+                "UPDATE outbox SET status = 'delivered', attempts = attempts + 1, delivered_at = now(),
+                     last_error = NULL, claim = NULL
+                 WHERE event_id = ANY($1) AND claim = $2",
             )
             .bind(&delivered)
-            .execute(&mut *tx)
-            .await?;
+            .bind(&claim)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if recorded < delivered.len() as u64 {
+                tracing::warn!(
+                    lost = delivered.len() as u64 - recorded,
+                    "deliveries finished after their lease ran out"
+                );
+            }
         }
-        tx.commit().await?;
         metrics::counter!("outbox_events_total", "outcome" => "delivered").increment(delivered.len() as u64);
         Ok(due.len())
     }
@@ -173,31 +190,32 @@ impl Dispatcher {
         }
     }
 
-    async fn record_failure(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        event: &Pending,
-        failure: Failure,
-    ) -> Result<(), sqlx::Error> {
+    /// Records a failed delivery, if this claim still holds the event.
+    async fn record_failure(&self, claim: &str, event: &Pending, failure: Failure) -> Result<(), sqlx::Error> {
         match failure {
             Failure::NotAttempted => {
                 let delay = self.config.retry_base;
-                sqlx::query("UPDATE outbox SET next_attempt_at = now() + $2 WHERE event_id = $1")
-                    .bind(&event.event_id)
-                    .bind(delay)
-                    .execute(&mut **tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE outbox SET next_attempt_at = now() + $2, claim = NULL WHERE event_id = $1 AND claim = $3",
+                )
+                .bind(&event.event_id)
+                .bind(delay)
+                .bind(claim)
+                .execute(&self.pool)
+                .await?;
             }
             Failure::Failed(error) => {
                 let attempts = u32::try_from(event.attempts).unwrap_or(0) + 1;
                 if attempts >= self.config.max_attempts {
                     sqlx::query(
-                        "UPDATE outbox SET status = 'dead', attempts = $2, last_error = $3 WHERE event_id = $1",
+                        "UPDATE outbox SET status = 'dead', attempts = $2, last_error = $3, claim = NULL
+                         WHERE event_id = $1 AND claim = $4",
                     )
                     .bind(&event.event_id)
                     .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
                     .bind(&error)
-                    .execute(&mut **tx)
+                    .bind(claim)
+                    .execute(&self.pool)
                     .await?;
                     metrics::counter!("outbox_events_total", "outcome" => "dead_lettered").increment(1);
                     tracing::error!(event_id = %event.event_id, attempts, %error, "webhook event dead-lettered");
@@ -205,13 +223,15 @@ impl Dispatcher {
                     let delay = backoff(attempts, self.config.retry_base, self.config.retry_max)
                         .max(self.config.retry_base / 2);
                     sqlx::query(
-                        "UPDATE outbox SET attempts = $2, last_error = $3, next_attempt_at = now() + $4 WHERE event_id = $1",
+                        "UPDATE outbox SET attempts = $2, last_error = $3, next_attempt_at = now() + $4, claim = NULL
+                         WHERE event_id = $1 AND claim = $5",
                     )
                     .bind(&event.event_id)
                     .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
                     .bind(&error)
                     .bind(delay)
-                    .execute(&mut **tx)
+                    .bind(claim)
+                    .execute(&self.pool)
                     .await?;
                     metrics::counter!("outbox_events_total", "outcome" => "retried").increment(1);
                     tracing::warn!(event_id = %event.event_id, attempts, ?delay, %error, "webhook delivery failed; will retry");

@@ -6,6 +6,7 @@ mod database_roles;
 mod delivery;
 mod helpers;
 mod idempotency;
+mod outbox_lease;
 mod secrets;
 mod shutdown;
 mod transactions;
