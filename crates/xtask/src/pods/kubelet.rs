@@ -120,7 +120,13 @@ fn prepare(workload: &Rendered, cluster: &Cluster<'_>, layouts: &Path, fixtures:
     let group =
         security("runAsGroup").map_or_else(|| image_gid.parse().context("image User"), |g| Ok(u32::try_from(g)?))?;
     let fs_group = pod["securityContext"]["fsGroup"].as_u64().map(u32::try_from).transpose()?;
-    ensure!(user != 0 || security("runAsNonRoot").is_none(), "{who}: runAsNonRoot with user 0");
+    // The kubelet refuses to start a container that must run as non-root but would run as root.
+    let non_root = if container["securityContext"]["runAsNonRoot"].is_boolean() {
+        container["securityContext"]["runAsNonRoot"] == true
+    } else {
+        pod["securityContext"]["runAsNonRoot"] == true
+    };
+    ensure!(!(non_root && user == 0), "{who}: runAsNonRoot is set but the container would run as UID 0");
     let mut groups = vec![group];
     groups.extend(fs_group);
     for extra in pod["securityContext"]["supplementalGroups"].as_array().into_iter().flatten() {
@@ -252,6 +258,12 @@ fn write_volumes(
         let path = mount["mountPath"].as_str().context("volumeMount without mountPath")?;
         ensure!(mount["subPath"].is_null(), "volumeMount {name}: subPath is not supported here");
         let volume = volumes.iter().find(|v| v["name"] == name).with_context(|| format!("no volume {name}"))?;
+        // `items` (a subset of keys, renamed) would need the kubelet's projection; refuse rather
+        // than mount every key where the pod expects a few.
+        ensure!(
+            volume["configMap"]["items"].is_null() && volume["secret"]["items"].is_null(),
+            "volume {name}: `items` is not supported here"
+        );
         let (files, mode) = if let Some(config_map) = volume["configMap"]["name"].as_str() {
             let object = cluster.find("ConfigMap", config_map).with_context(|| format!("no ConfigMap {config_map}"))?;
             let data = object.object["data"].as_object().cloned().unwrap_or_default();
