@@ -236,22 +236,27 @@ impl<'a> Cluster<'a> {
     }
 
     fn egress_allows(&self, from: &Rendered, to: &Rendered, port: u16) -> bool {
-        self.policies_of(from).iter().any(|policy| {
-            policy.object["spec"]["egress"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|rule| peers_include(&rule["to"], to) && ports_include(&rule["ports"], to, port))
-        })
+        self.allows(from, "egress", "to", to, to, port)
     }
 
     fn ingress_allows(&self, from: &Rendered, to: &Rendered, port: u16) -> bool {
-        self.policies_of(to).iter().any(|policy| {
-            policy.object["spec"]["ingress"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|rule| peers_include(&rule["from"], from) && ports_include(&rule["ports"], to, port))
+        self.allows(to, "ingress", "from", from, to, port)
+    }
+
+    /// Whether a policy selecting `owner` has a `direction` rule whose `peers` include `peer` and
+    /// whose ports include `port` of `callee` (the policy sees the callee pod's port either way).
+    fn allows(
+        &self,
+        owner: &Rendered,
+        direction: &str,
+        peers: &str,
+        peer: &Rendered,
+        callee: &Rendered,
+        port: u16,
+    ) -> bool {
+        self.policies_of(owner).iter().any(|policy| {
+            (policy.object["spec"][direction].as_array().into_iter().flatten())
+                .any(|rule| peers_include(&rule[peers], peer) && ports_include(&rule["ports"], callee, port))
         })
     }
 
