@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use platform::Secret;
+use platform::auth::AuthConfig;
 use platform::config::{
     AwsConfig, ConfigError, DatabaseConfig, Sections, ServerConfig, ServiceConfig, TelemetryConfig,
 };
@@ -20,6 +21,8 @@ pub struct Config {
     /// Optional as a section: `aws.region` has no default (see AwsConfig).
     #[serde(default)]
     pub aws: AwsConfig,
+    /// Who may call the API (bearer tokens from the trusted issuers); the webhook is HMAC-signed instead.
+    pub auth: AuthConfig,
     pub database: DatabaseConfig,
     pub webhook: WebhookConfig,
     pub pagination: PaginationConfig,
@@ -58,6 +61,7 @@ impl ServiceConfig for Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.auth.validate("auth")?;
         self.database.validate()?;
         webhook_signature::validate_key("webhook.signing_key", &self.webhook.signing_key, true)?;
         webhook_signature::validate_key("webhook.previous_signing_key", &self.webhook.previous_signing_key, false)?;
@@ -80,9 +84,12 @@ mod tests {
     use platform::config::{Sources, load};
 
     const KEY: &str = "[webhook]\nsigning_key = \"0123456789abcdef0123456789abcdef\"\n";
+    /// Appended to every layer: a service needs a trusted issuer to load at all.
+    const ISSUER: &str =
+        "\n[[auth.issuers]]\nissuer = \"https://issuer.test\"\njwks_url = \"https://issuer.test/jwks\"\n";
 
     fn with(overrides: &str) -> Result<Config, ConfigError> {
-        load(&Sources::overridden(DEFAULTS, overrides))
+        load(&Sources::overridden(DEFAULTS, format!("{overrides}{ISSUER}")))
     }
 
     #[test]

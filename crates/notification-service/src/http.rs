@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use platform::auth::{Authenticator, Principal};
 use platform::extract::{ApiJson, ApiPath, ApiQuery, RawJson, parse_json};
 use platform::webhook_signature::{self, ID_HEADER, SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER};
 use platform::{FieldError, Problem, Secret};
@@ -28,7 +29,19 @@ pub struct AppState {
     pub previous_signing_key: Secret,
     pub tolerance: Duration,
     pub pagination: PaginationConfig,
+    pub auth: std::sync::Arc<Authenticator>,
 }
+
+impl FromRef<AppState> for std::sync::Arc<Authenticator> {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}
+
+/// Scope needed to create notifications through the API.
+pub const WRITE_SCOPE: &str = "notifications:write";
+/// Scope needed to list them.
+pub const READ_SCOPE: &str = "notifications:read";
 
 /// `POST /notify` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -98,8 +111,11 @@ fn created(notification: &Notification, status: StatusCode) -> Response {
     post,
     path = "/notify",
     request_body = NotifyRequest,
+    security(("bearer" = ["notifications:write"])),
     responses(
         (status = 201, description = "Stored", body = Notification),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks notifications:write, or is a customer's acting for another user", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
@@ -107,17 +123,24 @@ fn created(notification: &Notification, status: StatusCode) -> Response {
     ),
     tag = "notifications"
 )]
-pub async fn notify(State(state): State<AppState>, ApiJson(body): ApiJson<NotifyRequest>) -> Result<Response, Problem> {
+pub async fn notify(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(body): ApiJson<NotifyRequest>,
+) -> Result<Response, Response> {
+    principal.require_scope(WRITE_SCOPE).map_err(IntoResponse::into_response)?;
     let mut errors = Vec::new();
     check_user_id(&body.user_id, &mut errors, "user_id");
     if body.message.trim().is_empty() || body.message.chars().count() > 2000 {
         errors.push(FieldError::new("message", "must be 1 to 2000 characters, not only spaces"));
     }
     if !errors.is_empty() {
-        return Err(Problem::validation(errors));
+        return Err(Problem::validation(errors).into_response());
     }
-    let notification =
-        store::insert(&state.pool, &body.user_id, &body.message).await.map_err(|e| platform::db::error_problem(&e))?;
+    principal.require_acts_for(&body.user_id).map_err(IntoResponse::into_response)?;
+    let notification = store::insert(&state.pool, &body.user_id, &body.message)
+        .await
+        .map_err(|e| platform::db::error_problem(&e).into_response())?;
     metrics::counter!("notifications_created_total", "source" => "api").increment(1);
     Ok(created(&notification, StatusCode::CREATED))
 }
@@ -212,17 +235,23 @@ fn count_webhook(outcome: &'static str) {
     get,
     path = "/notifications/{user_id}",
     params(("user_id" = String, Path, description = "The user"), ListQuery),
+    security(("bearer" = ["notifications:read"])),
     responses(
         (status = 200, description = "One page (empty for unknown users)", body = NotificationPage),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks notifications:read, or is a customer's asking for another user", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid limit or cursor", body = Problem, content_type = "application/problem+json"),
     ),
     tag = "notifications"
 )]
 pub async fn list_notifications(
     State(state): State<AppState>,
+    principal: Principal,
     ApiPath(user_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<NotificationPage>, Problem> {
+) -> Result<Json<NotificationPage>, Response> {
+    principal.require_scope(READ_SCOPE).map_err(IntoResponse::into_response)?;
+    principal.require_acts_for(&user_id).map_err(IntoResponse::into_response)?;
     let limit = query.limit.unwrap_or(state.pagination.default_limit);
     let mut errors = Vec::new();
     if limit == 0 || limit > state.pagination.max_limit {
@@ -232,11 +261,11 @@ pub async fn list_notifications(
         errors.push(FieldError::new("cursor", "is not a cursor returned by this endpoint"));
     }
     if !errors.is_empty() {
-        return Err(Problem::validation(errors));
+        return Err(Problem::validation(errors).into_response());
     }
     let mut items = store::page(&state.pool, &user_id, query.cursor.as_deref(), limit)
         .await
-        .map_err(|e| platform::db::error_problem(&e))?;
+        .map_err(|e| platform::db::error_problem(&e).into_response())?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
         items.last().map(|n| n.id.clone())

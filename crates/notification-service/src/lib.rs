@@ -6,6 +6,7 @@ pub mod store;
 
 use axum::Router;
 use axum::routing::{get, post};
+use platform::auth::BearerSecurity;
 use platform::server::{Lifecycle, Service};
 use utoipa::OpenApi;
 
@@ -23,7 +24,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
     info(title = "notification-service", description = "User notifications, created directly or from signed transaction events."),
     paths(http::notify, http::receive_transaction_event, http::list_notifications),
     components(schemas(store::Notification, http::NotifyRequest, http::NotificationPage, platform::Problem, platform::FieldError)),
-    tags((name = "notifications"), (name = "webhooks"))
+    tags((name = "notifications"), (name = "webhooks")),
+    modifiers(&BearerSecurity)
 )]
 struct ApiDoc;
 
@@ -43,7 +45,9 @@ pub async fn build(config: &Config, _lifecycle: &Lifecycle) -> anyhow::Result<Se
             .await
             .map_err(|e| anyhow::anyhow!("cannot migrate the `{SCHEMA}` schema: {e}"))?;
     }
+    let auth = platform::auth::Authenticator::new(SERVICE, &config.auth)?;
     let state = http::AppState {
+        auth,
         pool: pool.clone(),
         signing_key: config.webhook.signing_key.clone(),
         previous_signing_key: config.webhook.previous_signing_key.clone(),

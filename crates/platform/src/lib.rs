@@ -1,5 +1,6 @@
 //! Quilla's shared runtime: everything a service needs besides its own domain logic.
 
+pub mod auth;
 pub mod breaker;
 pub mod cache;
 pub mod cli;

@@ -103,6 +103,136 @@ impl Drop for TempDir {
     }
 }
 
+/// A throwaway token issuer for one test: its JWKS in a file the service under test trusts.
+#[derive(Debug)]
+pub struct TestIssuer {
+    pub issuer: crate::auth::dev::DevIssuer,
+    jwks_path: PathBuf,
+    _dir: Option<TempDir>,
+}
+
+/// Every scope the services check, granted to the tokens tests make by default.
+pub const ALL_SCOPES: &[&str] =
+    &["transactions:read", "transactions:write", "notifications:read", "notifications:write"];
+
+impl Default for TestIssuer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestIssuer {
+    /// An issuer whose JWKS lives in a temp dir removed with it.
+    pub fn new() -> Self {
+        let dir = TempDir::new("issuer");
+        let mut issuer = Self::writing_to(dir.path().join("jwks.json"));
+        issuer._dir = Some(dir);
+        issuer
+    }
+
+    /// An issuer for a whole test process (a `static`, never dropped): its JWKS is written to
+    /// `dir/jwks-<pid>.json`, e.g. under `CARGO_TARGET_TMPDIR`, replaced by the next process
+    /// with that pid rather than piling up in /tmp.
+    pub fn for_process(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).expect("create the issuer dir");
+        Self::writing_to(dir.join(format!("jwks-{}.json", std::process::id())))
+    }
+
+    fn writing_to(jwks_path: PathBuf) -> Self {
+        let issuer = crate::auth::dev::DevIssuer::generate(crate::auth::dev::DEV_ISSUER);
+        std::fs::write(&jwks_path, issuer.jwks()).expect("write the JWKS");
+        Self { issuer, jwks_path, _dir: None }
+    }
+
+    pub fn jwks_path(&self) -> PathBuf {
+        self.jwks_path.clone()
+    }
+
+    /// `auth.issuers` as one environment variable value (figment's inline syntax).
+    pub fn issuers_env(&self) -> String {
+        format!("[{{issuer=\"{}\", jwks_file=\"{}\"}}]", self.issuer.issuer(), self.jwks_path.display())
+    }
+
+    /// The `[[auth.issuers]]` entry trusting this issuer, as a config layer.
+    pub fn auth_toml(&self) -> String {
+        format!(
+            "[[auth.issuers]]\nissuer = \"{}\"\njwks_file = \"{}\"\n",
+            self.issuer.issuer(),
+            self.jwks_path().display()
+        )
+    }
+
+    /// A token for both services, valid for an hour.
+    pub fn token(&self, subject: &str, roles: &[&str], scopes: &[&str]) -> String {
+        self.issuer.token(&crate::auth::dev::TokenRequest {
+            subject,
+            roles,
+            scopes,
+            audience: &["transaction-api", "notification-service"],
+            ttl: Duration::from_secs(3600),
+        })
+    }
+
+    /// A customer acting for `subject`, with every scope.
+    pub fn customer(&self, subject: &str) -> String {
+        self.token(subject, &["customer"], ALL_SCOPES)
+    }
+
+    /// A workload acting for any user, with every scope.
+    pub fn service(&self) -> String {
+        self.token("test-suite", &["service"], ALL_SCOPES)
+    }
+
+    /// Tokens a hostile or careless client sends, each labelled with what is wrong with it: all
+    /// must get 401. `audience` is the service under test; every token is otherwise valid.
+    pub fn hostile_tokens(&self, audience: &str) -> Vec<(&'static str, String)> {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use hmac::{Hmac, KeyInit, Mac};
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = |change: &dyn Fn(&mut serde_json::Value)| {
+            let mut claims = serde_json::json!({
+                "iss": self.issuer.issuer(), "sub": "u1", "aud": audience, "exp": now + 600,
+                "roles": ["service"], "scope": ALL_SCOPES.join(" "),
+            });
+            change(&mut claims);
+            claims
+        };
+        let unsigned = |alg: &str| {
+            let header = serde_json::json!({"alg": alg, "typ": "JWT", "kid": self.issuer.kid()});
+            format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(header.to_string()),
+                URL_SAFE_NO_PAD.encode(claims(&|_| {}).to_string())
+            )
+        };
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(self.issuer.jwks().as_bytes()).expect("any key length");
+        let input = unsigned("HS256");
+        mac.update(input.as_bytes());
+        let hs256 = format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
+        let stranger = crate::auth::dev::DevIssuer::generate(self.issuer.issuer());
+        vec![
+            ("alg none", format!("{}.", unsigned("none"))),
+            ("HS256 signed with the published key", hs256),
+            ("another audience", self.issuer.sign(&claims(&|c| c["aud"] = "someone-else".into()))),
+            ("another issuer", self.issuer.sign(&claims(&|c| c["iss"] = "https://evil.example".into()))),
+            ("expired", self.issuer.sign(&claims(&|c| c["exp"] = (now - 3600).into()))),
+            ("not valid yet", self.issuer.sign(&claims(&|c| c["nbf"] = (now + 3600).into()))),
+            ("no subject", self.issuer.sign(&claims(&|c| drop(c.as_object_mut().map(|o| o.remove("sub")))))),
+            ("signed by an unknown key", stranger.sign(&claims(&|_| {}))),
+            ("not a JWT", "not-a-token".to_owned()),
+        ]
+    }
+
+    /// A client sending a service token on every request (tests about anything but auth).
+    pub fn service_client(&self) -> reqwest::Client {
+        let mut headers = http::HeaderMap::new();
+        let value = http::HeaderValue::from_str(&format!("Bearer {}", self.service())).expect("header");
+        headers.insert(http::header::AUTHORIZATION, value);
+        reqwest::Client::builder().default_headers(headers).build().expect("client")
+    }
+}
+
 /// A private Redis server that a test may stop and restart.
 #[derive(Debug)]
 pub struct RedisServer {

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use platform::Secret;
+use platform::auth::AuthConfig;
 use platform::client::ClientConfig;
 use platform::config::{
     AwsConfig, ConfigError, DatabaseConfig, RedisConfig, Sections, ServerConfig, ServiceConfig, TelemetryConfig,
@@ -24,6 +25,8 @@ pub struct Config {
     /// Optional as a section: `aws.region` has no default (see AwsConfig).
     #[serde(default)]
     pub aws: AwsConfig,
+    /// Who may call the API (bearer tokens from the trusted issuers).
+    pub auth: AuthConfig,
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
     pub transactions: TransactionsConfig,
@@ -144,6 +147,7 @@ impl ServiceConfig for Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.auth.validate("auth")?;
         self.database.validate()?;
         self.transactions.validate()?;
         platform::webhook_signature::validate_key("webhook.signing_key", &self.webhook.signing_key, true)?;
@@ -184,16 +188,25 @@ mod tests {
     use platform::config::{Sources, load};
 
     fn with(overrides: &str) -> Result<Config, ConfigError> {
-        load(&Sources::overridden(DEFAULTS, overrides))
+        load(&Sources::overridden(DEFAULTS, format!("{overrides}{ISSUER}")))
     }
 
     const KEY: &str = "[webhook]\nsigning_key = \"0123456789abcdef0123456789abcdef\"\n";
+    /// Appended to every layer: a service needs a trusted issuer to load at all.
+    const ISSUER: &str =
+        "\n[[auth.issuers]]\nissuer = \"https://issuer.test\"\njwks_url = \"https://issuer.test/jwks\"\n";
 
     #[test]
     fn defaults_load_once_the_signing_key_is_set() {
         let config = with(KEY).expect("valid");
         assert_eq!(config.server.port, 8080);
         assert_eq!(config.transactions.max_amount, Decimal::from(1_000_000_000));
+    }
+
+    #[test]
+    fn no_trusted_issuer_names_auth_issuers() {
+        let error = load::<Config>(&Sources::overridden(DEFAULTS, KEY)).expect_err("issuers required");
+        assert_eq!(error.key, "auth.issuers");
     }
 
     #[test]

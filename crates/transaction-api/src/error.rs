@@ -1,6 +1,7 @@
 //! The one error type of transaction-api handlers and its mapping to problem+json.
 
 use axum::response::{IntoResponse, Response};
+use platform::auth::AuthError;
 use platform::{FieldError, Problem};
 
 use crate::store::StoreError;
@@ -15,6 +16,9 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("a request with this idempotency key is in progress")]
     IdempotencyKeyInProgress,
+    /// Authenticated, but not allowed (403).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -47,6 +51,7 @@ impl IntoResponse for ApiError {
                 problem
             }
             Self::Database(error) => platform::db::error_problem(error),
+            Self::Auth(error) => return error.clone().into_response(),
         };
         problem.into_response()
     }

@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::FromRef;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use platform::auth::{Authenticator, Principal};
 use platform::cache::Cache;
 use platform::extract::{ApiJson, ApiPath};
 use platform::{FieldError, Problem};
@@ -33,7 +35,19 @@ pub struct AppState {
     pub cache_ttl: std::time::Duration,
     pub idempotency_wait: std::time::Duration,
     pub wake_dispatcher: Arc<Notify>,
+    pub auth: Arc<Authenticator>,
 }
+
+impl FromRef<AppState> for Arc<Authenticator> {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}
+
+/// Scope needed to create transactions.
+pub const WRITE_SCOPE: &str = "transactions:write";
+/// Scope needed to read them.
+pub const READ_SCOPE: &str = "transactions:read";
 
 /// `POST /transactions` body. The amount is a JSON number or a string holding a decimal; it is
 /// read from the exact text, never through a float.
@@ -102,10 +116,13 @@ fn cache_key(id: &str) -> String {
     post,
     path = "/transactions",
     request_body = CreateTransaction,
+    security(("bearer" = ["transactions:write"])),
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays return the original response; reuse with another body is 422")),
     responses(
         (status = 201, description = "Created (or replayed)", body = Transaction, headers(("Location" = String))),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks transactions:write, or is a customer's acting for another user", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A request with the same Idempotency-Key is still in progress", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
@@ -117,11 +134,14 @@ fn cache_key(id: &str) -> String {
 )]
 pub async fn create_transaction(
     State(state): State<AppState>,
+    principal: Principal,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateTransaction>,
 ) -> Result<Response, ApiError> {
+    principal.require_scope(WRITE_SCOPE)?;
     let idempotency_key = idempotency_key(&headers)?;
     let new = body.validate(state.max_amount, &state.currencies).map_err(ApiError::Validation)?;
+    principal.require_acts_for(&new.user_id)?;
     let id = platform::ids::new_id("txn");
     let traceparent = platform::trace_context::current().map(|c| c.to_string());
     let idempotency = idempotency_key.as_deref().map(|key| Idempotency { key, wait: state.idempotency_wait });
@@ -168,20 +188,27 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     get,
     path = "/transactions/{id}",
     params(("id" = String, Path, description = "Transaction id (txn_...)")),
+    security(("bearer" = ["transactions:read"])),
     responses(
         (status = 200, description = "The transaction", body = Transaction),
-        (status = 404, description = "Unknown id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks transactions:read", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown id, or another user's transaction (for a customer token)", body = Problem, content_type = "application/problem+json"),
     ),
     tag = "transactions"
 )]
 pub async fn get_transaction(
     State(state): State<AppState>,
+    principal: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Transaction>, ApiError> {
+    principal.require_scope(READ_SCOPE)?;
     if !platform::ids::is_valid_id("txn", &id) {
         return Err(ApiError::NotFound(id));
     }
     let pool = &state.pool;
     let found = state.cache.get_or_load(&cache_key(&id), state.cache_ttl, || store::find(pool, &id)).await?;
-    found.map(Json).ok_or(ApiError::NotFound(id))
+    // Another user's transaction is as absent as one that never existed: a customer learns
+    // nothing about ids it does not own.
+    found.filter(|t| principal.acts_for(&t.user_id)).map(Json).ok_or(ApiError::NotFound(id))
 }

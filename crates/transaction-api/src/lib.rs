@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
+use platform::auth::BearerSecurity;
 use platform::cache::Cache;
 use platform::client::ResilientClient;
 use platform::server::{Lifecycle, Service};
@@ -40,7 +41,8 @@ const AMOUNT_BUCKETS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 500.0, 1_000.0, 5_000.0
     info(title = "transaction-api", description = "Payment transactions with idempotent creation and a webhook per transaction."),
     paths(http::create_transaction, http::get_transaction),
     components(schemas(store::Transaction, http::CreateTransaction, platform::Problem, platform::FieldError)),
-    tags((name = "transactions"))
+    tags((name = "transactions")),
+    modifiers(&BearerSecurity)
 )]
 struct ApiDoc;
 
@@ -60,6 +62,7 @@ pub async fn build(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<Ser
             .await
             .map_err(|e| anyhow::anyhow!("cannot migrate the `{SCHEMA}` schema: {e}"))?;
     }
+    let auth = platform::auth::Authenticator::new(SERVICE, &config.auth)?;
     let cache = Arc::new(Cache::new("transactions", &config.redis)?);
     let wake = Arc::new(Notify::new());
     let dispatcher = outbox::Dispatcher {
@@ -81,6 +84,7 @@ pub async fn build(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<Ser
         cache_ttl: config.transactions.cache_ttl,
         idempotency_wait: config.transactions.idempotency_wait,
         wake_dispatcher: wake,
+        auth,
     };
     let routes = Router::new()
         .route("/transactions", post(http::create_transaction))

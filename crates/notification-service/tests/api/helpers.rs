@@ -2,7 +2,7 @@
 
 use notification_service::{Config, DEFAULTS, build};
 use platform::config::{Sources, load};
-use platform::testkit::{TestServer, fresh_database};
+use platform::testkit::{TestIssuer, TestServer, fresh_database};
 use platform::webhook_signature::{self, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use serde_json::{Value, json};
 
@@ -11,7 +11,12 @@ pub const SIGNING_KEY: &str = "test-signing-key-0123456789abcdef";
 #[derive(Debug)]
 pub struct TestApp {
     pub server: TestServer,
+    /// Sends a service token (acting for any user) on every request.
     pub http: reqwest::Client,
+    /// Sends no token.
+    pub anonymous: reqwest::Client,
+    /// The issuer the service trusts, for tokens of other shapes.
+    pub issuer: TestIssuer,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -30,16 +35,18 @@ pub async fn spawn_app_accepting_previous_key(previous_key: &str) -> TestApp {
 
 /// The service on `database_url`, with TOML appended inside its `[webhook]` and `[database]` tables.
 async fn spawn(database_url: &str, extra_webhook_toml: &str, extra_database_toml: &str) -> TestApp {
+    let issuer = TestIssuer::new();
     let overrides = format!(
         "[server]\nhost = \"127.0.0.1\"\ndrain_delay = \"0s\"\n[telemetry]\nlog_level = \"warn\"\n\
          [webhook]\nsigning_key = \"{SIGNING_KEY}\"\n{extra_webhook_toml}\
-         [database]\nurl = \"{database_url}\"\nssl_mode = \"disable\"\n{extra_database_toml}\n"
+         [database]\nurl = \"{database_url}\"\nssl_mode = \"disable\"\n{extra_database_toml}\n{auth}",
+        auth = issuer.auth_toml()
     );
     let config: Config = load(&Sources::overridden(DEFAULTS, overrides)).expect("valid test config");
     let lifecycle = platform::server::Lifecycle::new();
     let service = build(&config, &lifecycle).await.expect("service builds");
     let server = TestServer::start(service, &config.server, lifecycle).await;
-    TestApp { server, http: reqwest::Client::new() }
+    TestApp { server, http: issuer.service_client(), anonymous: reqwest::Client::new(), issuer }
 }
 
 /// A `transaction.created` event body as transaction-api sends it.

@@ -1,5 +1,6 @@
 //! Black-box tests of notification-service: the real service on a random port, a fresh database each.
 
+mod auth;
 mod helpers;
 mod listing;
 mod notify;

@@ -6,7 +6,7 @@ use crate::helpers::{SIGNING_KEY, spawn_app};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_transaction-api"));
-    command.env_clear().args(args);
+    command.env_clear().args(args).env("QUILLA_AUTH__ISSUERS", crate::helpers::ISSUER.issuers_env());
     for (key, value) in env {
         command.env(key, value);
     }

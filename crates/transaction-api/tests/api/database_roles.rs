@@ -50,8 +50,9 @@ impl Provisioned {
             .expect("runs");
         assert!(output.status.success(), "transaction-api migrate as the migration role: {output:?}");
         let overrides = format!(
-            "[webhook]\nsigning_key = \"{SIGNING_KEY}\"\n[database]\nurl = \"{}\"\nssl_mode = \"disable\"\n",
-            url_as(&self.url, &self.notifications.migrator)
+            "[webhook]\nsigning_key = \"{SIGNING_KEY}\"\n[database]\nurl = \"{}\"\nssl_mode = \"disable\"\n{}",
+            url_as(&self.url, &self.notifications.migrator),
+            crate::helpers::ISSUER.auth_toml()
         );
         let config: notification_service::Config =
             load(&Sources::overridden(notification_service::DEFAULTS, overrides)).expect("config");
@@ -197,8 +198,9 @@ async fn both_services_work_as_their_serving_roles() {
     let overrides = format!(
         "[server]\nhost = \"127.0.0.1\"\ndrain_delay = \"0s\"\n[telemetry]\nlog_level = \"warn\"\n\
          [webhook]\nsigning_key = \"{SIGNING_KEY}\"\n\
-         [database]\nurl = \"{}\"\nssl_mode = \"disable\"\nmigrate_on_start = false\n",
-        url_as(&db.url, &db.notifications.app)
+         [database]\nurl = \"{}\"\nssl_mode = \"disable\"\nmigrate_on_start = false\n{}",
+        url_as(&db.url, &db.notifications.app),
+        crate::helpers::ISSUER.auth_toml()
     );
     let config: notification_service::Config =
         load(&Sources::overridden(notification_service::DEFAULTS, overrides)).expect("config");

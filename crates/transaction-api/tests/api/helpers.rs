@@ -1,13 +1,19 @@
 //! `spawn_app()` and typed request helpers shared by every transaction-api test.
 
 use platform::config::{Sources, load};
-use platform::testkit::{TestServer, fresh_database, shared_redis_url};
+use std::sync::LazyLock;
+
+use platform::testkit::{TestIssuer, TestServer, fresh_database, shared_redis_url};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use transaction_api::{Config, DEFAULTS, build};
 
 /// The HMAC key both services share in tests.
 pub const SIGNING_KEY: &str = "test-signing-key-0123456789abcdef";
+
+/// The token issuer every service in this test process trusts.
+pub static ISSUER: LazyLock<TestIssuer> =
+    LazyLock::new(|| TestIssuer::for_process(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("issuers")));
 
 /// Knobs a test may turn; everything else comes from the embedded defaults.
 #[derive(Debug, Clone)]
@@ -33,7 +39,10 @@ impl Default for Options {
 #[derive(Debug)]
 pub struct TestApp {
     pub server: TestServer,
+    /// Sends a service token (acting for any user) on every request.
     pub http: reqwest::Client,
+    /// Sends no token.
+    pub anonymous: reqwest::Client,
     /// A pool on the service's schema, for assertions on stored rows.
     pub pool: PgPool,
 }
@@ -61,6 +70,7 @@ url = "{redis}"
 [webhook]
 url = "{webhook}"
 signing_key = "{SIGNING_KEY}"
+{auth}
 [outbox]
 poll_interval = "50ms"
 retry_base = "50ms"
@@ -68,6 +78,7 @@ retry_max = "200ms"
 "#,
         redis = options.redis_url,
         webhook = options.webhook_url,
+        auth = ISSUER.auth_toml(),
     );
     let mut table: toml::Table = overrides.parse().expect("test TOML");
     merge(&mut table, options.extra_toml.parse().expect("extra TOML"));
@@ -97,7 +108,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let service = build(&config, &lifecycle).await.expect("service builds");
     let server = TestServer::start(service, &config.server, lifecycle).await;
     let pool = platform::db::pool(&config.database, transaction_api::SCHEMA).expect("pool");
-    TestApp { server, http: reqwest::Client::new(), pool }
+    TestApp { server, http: ISSUER.service_client(), anonymous: reqwest::Client::new(), pool }
 }
 
 impl TestApp {
@@ -148,7 +159,8 @@ pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
 pub async fn start_notification_service(database_url: &str, port: u16, signing_key: &str) -> TestServer {
     let overrides = format!(
         "[server]\nhost = \"127.0.0.1\"\ndrain_delay = \"0s\"\n[telemetry]\nlog_level = \"warn\"\n\
-         [database]\nurl = \"{database_url}\"\nssl_mode = \"disable\"\n[webhook]\nsigning_key = \"{signing_key}\"\n"
+         [database]\nurl = \"{database_url}\"\nssl_mode = \"disable\"\n[webhook]\nsigning_key = \"{signing_key}\"\n{auth}",
+        auth = ISSUER.auth_toml()
     );
     let config: notification_service::Config =
         load(&Sources::overridden(notification_service::DEFAULTS, overrides)).expect("notification-service config");
@@ -172,6 +184,7 @@ pub fn binary(database_url: &str, port: u16) -> std::process::Command {
         .env("QUILLA_WEBHOOK__URL", "http://127.0.0.1:9/webhooks/transactions")
         .env("QUILLA_WEBHOOK__SIGNING_KEY", SIGNING_KEY)
         .env("QUILLA_TELEMETRY__LOG_LEVEL", "warn")
+        .env("QUILLA_AUTH__ISSUERS", ISSUER.issuers_env())
         .stdout(std::process::Stdio::null());
     command
 }

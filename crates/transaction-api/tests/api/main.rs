@@ -1,5 +1,6 @@
 //! Black-box tests of transaction-api: the real service on a random port, a fresh database each.
 
+mod auth;
 mod cache;
 mod cli;
 mod database_roles;

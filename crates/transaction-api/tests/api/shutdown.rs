@@ -18,7 +18,7 @@ async fn sigterm_lets_in_flight_requests_complete() {
         .env("QUILLA_SERVER__REQUEST_TIMEOUT", "20s")
         .spawn()
         .expect("binary starts");
-    let http = reqwest::Client::new();
+    let http = crate::helpers::ISSUER.service_client();
     let base = format!("http://127.0.0.1:{port}");
     wait_until_ready(&http, &base).await;
 
