@@ -60,12 +60,17 @@ pub fn run(args: &[String]) -> Result<()> {
         let redis = Daemon::redis()?;
         services::create_database(&postgres)?;
         let key = services::random_signing_key();
-        let http = reqwest::Client::builder().pool_max_idle_per_host(512).build()?;
+        let issuer = crate::issuer::LocalIssuer::create()?;
+        // Every request is authenticated, as in production: a service token acts for any user.
+        let token = issuer.token("bench", "service", Duration::from_secs(3600));
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+        let http = reqwest::Client::builder().pool_max_idle_per_host(512).default_headers(headers).build()?;
         let mut running = Vec::new();
         let mut ready_times = Vec::new();
         for service in SERVICES.iter().rev() {
             let mut started =
-                services::start(&bin_dir, service, &postgres, &redis, &key, Output::Quiet, ("json", "warn"))?;
+                services::start(&bin_dir, service, &postgres, &redis, &key, &issuer, Output::Quiet, ("json", "warn"))?;
             ready_times.push((service.name, services::wait_ready(&http, &mut started, Duration::from_secs(30)).await?));
             running.push(started);
         }
@@ -78,7 +83,7 @@ pub fn run(args: &[String]) -> Result<()> {
         for scenario in [Scenario::CachedGet, Scenario::CreateTransaction, Scenario::Notify] {
             for &concurrency in CONCURRENCY {
                 eprintln!("xtask: {} at concurrency {concurrency} for {duration:?}", scenario.label());
-                cells.push(load(scenario, concurrency, duration, &ids, &scratch.0)?);
+                cells.push(load(scenario, concurrency, duration, &ids, &token, &scratch.0)?);
                 settle(&http).await;
             }
         }
@@ -115,12 +120,19 @@ async fn settle(http: &reqwest::Client) {
 
 /// Runs one cell with wrk (an efficient C load generator, so the numbers measure the services
 /// rather than the client) and reads the summary its Lua `done` hook prints.
-fn load(scenario: Scenario, concurrency: usize, duration: Duration, ids: &[String], scratch: &Path) -> Result<Cell> {
+fn load(
+    scenario: Scenario,
+    concurrency: usize,
+    duration: Duration,
+    ids: &[String],
+    token: &str,
+    scratch: &Path,
+) -> Result<Cell> {
     let (url, script) = match scenario {
         Scenario::CachedGet => {
             let list: Vec<String> = ids.iter().map(|id| format!("\"{id}\"")).collect();
             let script = format!(
-                "ids = {{{}}}\nlocal i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(\"GET\", \"/transactions/\" .. ids[(i % #ids) + 1])\nend\n",
+                "ids = {{{}}}\nlocal i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(\"GET\", \"/transactions/\" .. ids[(i % #ids) + 1], wrk.headers)\nend\n",
                 list.join(",")
             );
             ("http://127.0.0.1:8080", script)
@@ -134,7 +146,7 @@ fn load(scenario: Scenario, concurrency: usize, duration: Duration, ids: &[Strin
         }
     };
     let script_path = scratch.join("scenario.lua");
-    std::fs::write(&script_path, format!("{script}{DONE_HOOK}"))?;
+    std::fs::write(&script_path, format!("wrk.headers[\"Authorization\"] = \"Bearer {token}\"\n{script}{DONE_HOOK}"))?;
     let output = Command::new("wrk")
         .args([
             "-t1",

@@ -3,6 +3,7 @@
 mod bench;
 mod images;
 mod infra;
+mod issuer;
 mod nix;
 mod pods;
 mod prereqs;
@@ -18,6 +19,8 @@ usage: cargo xtask <command> [options]
 
 commands:
   up                 start PostgreSQL, Redis and every service locally; Ctrl-C stops everything
+  token --sub USER [--role customer|service] [--ttl 15m]
+                     print a bearer token the running `up` stack accepts (on the last line)
   test [-- ARGS]     fmt, clippy, cargo-deny, image checks and all tests against throwaway
                      PostgreSQL, Redis and moto (ARGS go to cargo nextest, e.g. -- -E 'test(outbox)')
   bench [--quick] [--duration SECS]
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Some("up") => up::run(),
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("token") => issuer::run(&args[1..]),
         Some("images") => images::run(&args[1..]),
         Some("validate") => validate::run(&args[1..]),
         Some("pods") => pods::run(&args[1..]),

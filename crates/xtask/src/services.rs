@@ -130,6 +130,7 @@ pub fn start(
     postgres: &Postgres,
     redis: &Daemon,
     signing_key: &str,
+    issuer: &crate::issuer::LocalIssuer,
     output: Output,
     log: (&str, &str),
 ) -> Result<RunningService> {
@@ -142,6 +143,7 @@ pub fn start(
         .env("QUILLA_DATABASE__URL", postgres.url("quilla"))
         .env("QUILLA_DATABASE__SSL_MODE", "disable")
         .env("QUILLA_WEBHOOK__SIGNING_KEY", signing_key)
+        .env("QUILLA_AUTH__ISSUERS", issuer.issuers_env())
         .env("QUILLA_TELEMETRY__LOG_FORMAT", log.0)
         .env("QUILLA_TELEMETRY__LOG_LEVEL", log.1)
         .stdin(Stdio::null())

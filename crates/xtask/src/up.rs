@@ -20,6 +20,8 @@ pub fn run() -> Result<()> {
         services::create_database(&postgres)?;
         println!("xtask: PostgreSQL on 127.0.0.1:{}, Redis on 127.0.0.1:{}", postgres.port, redis.port);
         let signing_key = services::random_signing_key();
+        // A throwaway token issuer: its JWKS is what the services trust, its key signs `xtask token`.
+        let issuer = crate::issuer::LocalIssuer::create()?;
         let http = reqwest::Client::new();
         let mut running = Vec::new();
         // notification-service first, so transaction-api's first deliveries find it.
@@ -30,13 +32,14 @@ pub fn run() -> Result<()> {
                 &postgres,
                 &redis,
                 &signing_key,
+                &issuer,
                 Output::Prefixed,
                 ("pretty", "info,sqlx=warn"),
             )?;
             services::wait_ready(&http, &mut started, Duration::from_secs(60)).await?;
             running.push(started);
         }
-        print_banner();
+        print_banner(&issuer.token("u1", "customer", Duration::from_secs(3600)));
         let outcome = wait_for_stop(&mut running).await;
         println!("\nxtask: stopping services, PostgreSQL and Redis");
         // transaction-api first: its dispatcher stops before its webhook target does.
@@ -70,7 +73,7 @@ async fn wait_for_stop(running: &mut [services::RunningService]) -> Result<()> {
     }
 }
 
-fn print_banner() {
+fn print_banner(token: &str) {
     println!(
         r#"
 xtask: everything is up. Ctrl-C stops it all.
@@ -78,13 +81,20 @@ xtask: everything is up. Ctrl-C stops it all.
   transaction-api       http://localhost:8080   (/health /ready /metrics /openapi.json)
   notification-service  http://localhost:8081   (/health /ready /metrics /openapi.json)
 
+Every API call needs a bearer token from the local issuer. A customer token for user u1, valid
+for an hour (another: TOKEN=$(cargo xtask token --sub u2 | tail -n1); --role service acts for
+any user):
+
+  TOKEN={token}
+
 Try:
-  curl -sS -X POST localhost:8080/transactions -H 'content-type: application/json' \
-       -H "idempotency-key: $(date +%s%N)" -d '{{"user_id":"u1","amount":100.50,"currency":"BRL"}}'
-  curl -sS localhost:8080/transactions/<id from the answer above>
-  curl -sS localhost:8081/notifications/u1
-  curl -sS -X POST localhost:8081/notify -H 'content-type: application/json' \
-       -d '{{"user_id":"u1","message":"hello"}}'
+  curl -sS -X POST localhost:8080/transactions -H "authorization: Bearer $TOKEN" \
+       -H 'content-type: application/json' -H "idempotency-key: $(date +%s%N)" \
+       -d '{{"user_id":"u1","amount":"100.50","currency":"BRL"}}'
+  curl -sS localhost:8080/transactions/<id from the answer above> -H "authorization: Bearer $TOKEN"
+  curl -sS localhost:8081/notifications/u1 -H "authorization: Bearer $TOKEN"
+  curl -sS -X POST localhost:8081/notify -H "authorization: Bearer $TOKEN" \
+       -H 'content-type: application/json' -d '{{"user_id":"u1","message":"hello"}}'
 "#
     );
 }

@@ -1,0 +1,103 @@
+//! The local stack's token issuer: `cargo xtask up` makes a throwaway ES256 key and points both
+//! services at its JWKS; `cargo xtask token` signs tokens with it for the running stack. The key
+//! lives under the build directory (never in the source tree) and is replaced on every `up`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use platform::auth::dev::{DEV_ISSUER, DevIssuer, TokenRequest};
+
+/// Every scope the services check: a local token may do anything its role allows.
+pub const SCOPES: &[&str] = &["transactions:read", "transactions:write", "notifications:read", "notifications:write"];
+
+/// The issuer's files: its private key (mode 0600) and the JWKS the services read.
+#[derive(Debug)]
+pub struct LocalIssuer {
+    pub issuer: DevIssuer,
+    dir: PathBuf,
+}
+
+fn state_dir() -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
+    target.join("xtask").join("dev-issuer")
+}
+
+impl LocalIssuer {
+    /// A fresh key, written for `token` and for the services.
+    pub fn create() -> Result<Self> {
+        let dir = state_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let issuer = DevIssuer::generate(DEV_ISSUER);
+        let key = dir.join("key.der");
+        let _ = std::fs::remove_file(&key);
+        std::fs::write(&key, issuer.pkcs8_der()).with_context(|| format!("write {}", key.display()))?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::write(dir.join("jwks.json"), issuer.jwks()).context("write the JWKS")?;
+        Ok(Self { issuer, dir })
+    }
+
+    /// The key the running stack trusts.
+    pub fn load() -> Result<Self> {
+        let dir = state_dir();
+        let Ok(der) = std::fs::read(dir.join("key.der")) else {
+            bail!("no local issuer in {}: start the stack with `cargo xtask up` first", dir.display());
+        };
+        let issuer = DevIssuer::from_pkcs8(DEV_ISSUER, &der).map_err(anyhow::Error::msg)?;
+        Ok(Self { issuer, dir })
+    }
+
+    /// `auth.issuers` for the services, as one environment variable (figment's inline syntax).
+    pub fn issuers_env(&self) -> String {
+        format!("[{{issuer=\"{}\", jwks_file=\"{}\"}}]", self.issuer.issuer(), self.dir.join("jwks.json").display())
+    }
+
+    /// A token for both services.
+    pub fn token(&self, subject: &str, role: &str, ttl: Duration) -> String {
+        self.issuer.token(&TokenRequest {
+            subject,
+            roles: &[role],
+            scopes: SCOPES,
+            audience: &["transaction-api", "notification-service"],
+            ttl,
+        })
+    }
+}
+
+/// `cargo xtask token --sub <user> [--role customer|service] [--ttl 15m]`: the token on the last
+/// line of stdout, what it holds on stderr.
+pub fn run(args: &[String]) -> Result<()> {
+    let mut subject = None;
+    let mut role = "customer".to_owned();
+    let mut ttl = Duration::from_secs(15 * 60);
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        let mut value = || rest.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--sub" => subject = Some(value()?.clone()),
+            "--role" => role = value()?.clone(),
+            "--ttl" => {
+                let text = value()?;
+                ttl = humantime::parse_duration(text).with_context(|| format!("--ttl `{text}`: e.g. 15m, 1h"))?;
+            }
+            other => bail!("unknown option `{other}`; usage: cargo xtask token --sub <user> [--role customer|service] [--ttl 15m]"),
+        }
+    }
+    let subject = subject.context("--sub <user> is required: the user id the token acts for (or the service's name)")?;
+    if !matches!(role.as_str(), "customer" | "service") {
+        bail!("--role `{role}`: must be customer or service");
+    }
+    if ttl.is_zero() || ttl > Duration::from_secs(24 * 3600) {
+        bail!("--ttl must be between 1s and 24h");
+    }
+    let issuer = LocalIssuer::load()?;
+    eprintln!(
+        "xtask: {role} token for `{subject}`, valid {}, scopes: {}",
+        humantime::format_duration(ttl),
+        SCOPES.join(" ")
+    );
+    println!("{}", issuer.token(&subject, &role, ttl));
+    Ok(())
+}
