@@ -45,6 +45,11 @@ pub struct TransactionsConfig {
     /// before getting 409.
     #[serde(with = "humantime_serde")]
     pub idempotency_wait: Duration,
+    /// How long an Idempotency-Key answers with its first transaction; past it the key is free
+    /// again. At least as long as any client keeps retrying one request, or a late retry creates
+    /// a second transaction.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -92,6 +97,12 @@ impl TransactionsConfig {
             ));
         }
         Currencies::new(&self.extra_currencies).map_err(|e| ConfigError::new("transactions.extra_currencies", e))?;
+        if self.idempotency_ttl.is_zero() {
+            return Err(ConfigError::new(
+                "transactions.idempotency_ttl",
+                "must be longer than zero, and at least as long as clients retry a request",
+            ));
+        }
         Ok(())
     }
 }
@@ -255,6 +266,17 @@ mod tests {
             assert_eq!(error.key, "transactions.max_amount", "{value}: {error}");
             assert!(error.problem.contains(hint), "{value}: {error}");
         }
+    }
+
+    #[test]
+    fn idempotency_ttl_defaults_to_a_day_and_must_be_longer_than_zero() {
+        assert_eq!(with(KEY).expect("defaults").transactions.idempotency_ttl, Duration::from_secs(24 * 60 * 60));
+        let config = with(&format!("{KEY}[transactions]\nidempotency_ttl = \"90m\"\n")).expect("90 minutes");
+        assert_eq!(config.transactions.idempotency_ttl, Duration::from_secs(90 * 60));
+        let error = with(&format!("{KEY}[transactions]\nidempotency_ttl = \"0s\"\n")).expect_err("zero");
+        assert_eq!(error.key, "transactions.idempotency_ttl", "{error}");
+        let error = with(&format!("{KEY}[transactions]\nidempotency_ttl = \"a day\"\n")).expect_err("not a duration");
+        assert_eq!(error.key, "transactions.idempotency_ttl", "{error}");
     }
 
     #[test]

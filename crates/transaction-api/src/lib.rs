@@ -80,6 +80,7 @@ pub async fn build(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<Ser
         currencies,
         cache_ttl: config.transactions.cache_ttl,
         idempotency_wait: config.transactions.idempotency_wait,
+        idempotency_ttl: config.transactions.idempotency_ttl,
         wake_dispatcher: wake,
     };
     let routes = Router::new()
