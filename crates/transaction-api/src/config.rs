@@ -1,4 +1,4 @@
-//! transaction-api configuration: platform sections plus transactions, webhook and outbox.
+//! transaction-api configuration: platform sections plus transactions, webhook, outbox and retention.
 
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ pub struct Config {
     pub transactions: TransactionsConfig,
     pub webhook: WebhookConfig,
     pub outbox: OutboxConfig,
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -75,6 +76,39 @@ pub struct OutboxConfig {
     pub retry_base: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
+}
+
+/// The retention job (crate::retention): what it deletes, how often, and how much per statement.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// How often each replica runs the job.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Delivered outbox events are deleted once delivered this long ago. Pending events and dead
+    /// letters are never deleted.
+    #[serde(with = "humantime_serde")]
+    pub delivered_events: Duration,
+    /// Rows deleted (and locked) by one statement.
+    pub batch_size: u32,
+}
+
+impl RetentionConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.interval.is_zero() {
+            return Err(ConfigError::new("retention.interval", "must be longer than zero"));
+        }
+        if self.delivered_events.is_zero() {
+            return Err(ConfigError::new(
+                "retention.delivered_events",
+                "must be longer than zero: zero would delete each event as soon as it is delivered",
+            ));
+        }
+        if self.batch_size == 0 {
+            return Err(ConfigError::new("retention.batch_size", "must be at least 1"));
+        }
+        Ok(())
+    }
 }
 
 impl TransactionsConfig {
@@ -185,6 +219,7 @@ impl ServiceConfig for Config {
         if self.outbox.max_attempts == 0 {
             return Err(ConfigError::new("outbox.max_attempts", "must be at least 1"));
         }
+        self.retention.validate()?;
         Ok(())
     }
 }
@@ -277,6 +312,25 @@ mod tests {
         assert_eq!(error.key, "transactions.idempotency_ttl", "{error}");
         let error = with(&format!("{KEY}[transactions]\nidempotency_ttl = \"a day\"\n")).expect_err("not a duration");
         assert_eq!(error.key, "transactions.idempotency_ttl", "{error}");
+    }
+
+    #[test]
+    fn retention_defaults_and_each_key_must_be_non_zero() {
+        let retention = with(KEY).expect("defaults").retention;
+        assert_eq!(retention.interval, Duration::from_secs(60 * 60));
+        assert_eq!(retention.delivered_events, Duration::from_secs(7 * 24 * 60 * 60));
+        assert_eq!(retention.batch_size, 1000);
+        for (key, zero) in [("interval", "\"0s\""), ("delivered_events", "\"0s\""), ("batch_size", "0")] {
+            let error = with(&format!("{KEY}[retention]\n{key} = {zero}\n")).expect_err(key);
+            assert_eq!(error.key, format!("retention.{key}"), "{error}");
+        }
+        let error = with(&format!("{KEY}[retention]\ndelivered_event = \"1d\"\n")).expect_err("typo");
+        assert_eq!(error.key, "retention.delivered_event", "{error}");
+        let config =
+            with(&format!("{KEY}[retention]\ninterval = \"5m\"\ndelivered_events = \"30d\"\nbatch_size = 1\n"))
+                .expect("all non-zero");
+        assert_eq!(config.retention.delivered_events, Duration::from_secs(30 * 24 * 60 * 60));
+        assert_eq!(config.retention.batch_size, 1);
     }
 
     #[test]
