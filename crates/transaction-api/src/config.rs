@@ -1,4 +1,4 @@
-//! transaction-api configuration: platform sections plus transactions, webhook and outbox.
+//! transaction-api configuration: platform sections plus transactions, webhook, outbox and retention.
 
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ pub struct Config {
     pub transactions: TransactionsConfig,
     pub webhook: WebhookConfig,
     pub outbox: OutboxConfig,
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -48,6 +49,11 @@ pub struct TransactionsConfig {
     /// before getting 409.
     #[serde(with = "humantime_serde")]
     pub idempotency_wait: Duration,
+    /// How long an Idempotency-Key answers with its first transaction; past it the key is free
+    /// again. At least as long as any client keeps retrying one request, or a late retry creates
+    /// a second transaction.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -75,6 +81,39 @@ pub struct OutboxConfig {
     pub retry_max: Duration,
 }
 
+/// The retention job (crate::retention): what it deletes, how often, and how much per statement.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// How often each replica runs the job.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Delivered outbox events are deleted once delivered this long ago. Pending events and dead
+    /// letters are never deleted.
+    #[serde(with = "humantime_serde")]
+    pub delivered_events: Duration,
+    /// Rows deleted (and locked) by one statement.
+    pub batch_size: u32,
+}
+
+impl RetentionConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.interval.is_zero() {
+            return Err(ConfigError::new("retention.interval", "must be longer than zero"));
+        }
+        if self.delivered_events.is_zero() {
+            return Err(ConfigError::new(
+                "retention.delivered_events",
+                "must be longer than zero: zero would delete each event as soon as it is delivered",
+            ));
+        }
+        if self.batch_size == 0 {
+            return Err(ConfigError::new("retention.batch_size", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 impl TransactionsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let max = self.max_amount;
@@ -95,6 +134,12 @@ impl TransactionsConfig {
             ));
         }
         Currencies::new(&self.extra_currencies).map_err(|e| ConfigError::new("transactions.extra_currencies", e))?;
+        if self.idempotency_ttl.is_zero() {
+            return Err(ConfigError::new(
+                "transactions.idempotency_ttl",
+                "must be longer than zero, and at least as long as clients retry a request",
+            ));
+        }
         Ok(())
     }
 }
@@ -178,6 +223,7 @@ impl ServiceConfig for Config {
         if self.outbox.max_attempts == 0 {
             return Err(ConfigError::new("outbox.max_attempts", "must be at least 1"));
         }
+        self.retention.validate()?;
         Ok(())
     }
 }
@@ -268,6 +314,36 @@ mod tests {
             assert_eq!(error.key, "transactions.max_amount", "{value}: {error}");
             assert!(error.problem.contains(hint), "{value}: {error}");
         }
+    }
+
+    #[test]
+    fn idempotency_ttl_defaults_to_a_day_and_must_be_longer_than_zero() {
+        assert_eq!(with(KEY).expect("defaults").transactions.idempotency_ttl, Duration::from_secs(24 * 60 * 60));
+        let config = with(&format!("{KEY}[transactions]\nidempotency_ttl = \"90m\"\n")).expect("90 minutes");
+        assert_eq!(config.transactions.idempotency_ttl, Duration::from_secs(90 * 60));
+        let error = with(&format!("{KEY}[transactions]\nidempotency_ttl = \"0s\"\n")).expect_err("zero");
+        assert_eq!(error.key, "transactions.idempotency_ttl", "{error}");
+        let error = with(&format!("{KEY}[transactions]\nidempotency_ttl = \"a day\"\n")).expect_err("not a duration");
+        assert_eq!(error.key, "transactions.idempotency_ttl", "{error}");
+    }
+
+    #[test]
+    fn retention_defaults_and_each_key_must_be_non_zero() {
+        let retention = with(KEY).expect("defaults").retention;
+        assert_eq!(retention.interval, Duration::from_secs(60 * 60));
+        assert_eq!(retention.delivered_events, Duration::from_secs(7 * 24 * 60 * 60));
+        assert_eq!(retention.batch_size, 1000);
+        for (key, zero) in [("interval", "\"0s\""), ("delivered_events", "\"0s\""), ("batch_size", "0")] {
+            let error = with(&format!("{KEY}[retention]\n{key} = {zero}\n")).expect_err(key);
+            assert_eq!(error.key, format!("retention.{key}"), "{error}");
+        }
+        let error = with(&format!("{KEY}[retention]\ndelivered_event = \"1d\"\n")).expect_err("typo");
+        assert_eq!(error.key, "retention.delivered_event", "{error}");
+        let config =
+            with(&format!("{KEY}[retention]\ninterval = \"5m\"\ndelivered_events = \"30d\"\nbatch_size = 1\n"))
+                .expect("all non-zero");
+        assert_eq!(config.retention.delivered_events, Duration::from_secs(30 * 24 * 60 * 60));
+        assert_eq!(config.retention.batch_size, 1);
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub struct AppState {
     pub currencies: Currencies,
     pub cache_ttl: std::time::Duration,
     pub idempotency_wait: std::time::Duration,
+    pub idempotency_ttl: std::time::Duration,
     pub wake_dispatcher: Arc<Notify>,
     pub auth: Arc<Authenticator>,
 }
@@ -144,9 +145,16 @@ pub async fn create_transaction(
     principal.require_acts_for(&new.user_id)?;
     let id = platform::ids::new_id("txn");
     let traceparent = platform::trace_context::current().map(|c| c.to_string());
-    let idempotency = idempotency_key.as_deref().map(|key| Idempotency { key, wait: state.idempotency_wait });
+    let idempotency = idempotency_key.as_deref().map(|key| Idempotency {
+        key,
+        wait: state.idempotency_wait,
+        ttl: state.idempotency_ttl,
+    });
+    // Replaced by the authenticated principal (auth lands next).
+    let principal = "";
     let created =
-        store::create(&state.pool, &id, &new, idempotency, |t| outbox::transaction_created(t, traceparent)).await?;
+        store::create(&state.pool, principal, &id, &new, idempotency, |t| outbox::transaction_created(t, traceparent))
+            .await?;
     let (transaction, replayed) = match created {
         Created::New(t) => {
             state.wake_dispatcher.notify_one();

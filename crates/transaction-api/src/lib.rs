@@ -5,6 +5,7 @@ pub mod error;
 pub mod http;
 pub mod money;
 pub mod outbox;
+pub mod retention;
 pub mod store;
 
 use std::sync::Arc;
@@ -51,7 +52,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// Connects dependencies, migrates, and assembles routes and the outbox dispatcher.
+/// Connects dependencies, migrates, and assembles routes, the outbox dispatcher and the retention job.
 pub async fn build(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<Service> {
     platform::metrics::install(&[("transaction_amount", AMOUNT_BUCKETS)]);
     let pool = platform::db::pool(&config.database, SCHEMA)?;
@@ -74,6 +75,7 @@ pub async fn build(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<Ser
         wake: wake.clone(),
     };
     let worker = tokio::spawn(dispatcher.run(lifecycle.workers_stop()));
+    let retention = tokio::spawn(retention::run(pool.clone(), config.retention.clone(), lifecycle.workers_stop()));
     let currencies = money::Currencies::new(&config.transactions.extra_currencies)
         .map_err(|e| anyhow::anyhow!("transactions.extra_currencies: {e}"))?;
     let state = http::AppState {
@@ -83,6 +85,7 @@ pub async fn build(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<Ser
         currencies,
         cache_ttl: config.transactions.cache_ttl,
         idempotency_wait: config.transactions.idempotency_wait,
+        idempotency_ttl: config.transactions.idempotency_ttl,
         wake_dispatcher: wake,
         auth,
     };
@@ -90,7 +93,14 @@ pub async fn build(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<Ser
         .route("/transactions", post(http::create_transaction))
         .route("/transactions/{id}", get(http::get_transaction))
         .with_state(state);
-    Ok(Service { name: SERVICE, routes, openapi: openapi(), database: pool, cache: Some(cache), workers: vec![worker] })
+    Ok(Service {
+        name: SERVICE,
+        routes,
+        openapi: openapi(),
+        database: pool,
+        cache: Some(cache),
+        workers: vec![worker, retention],
+    })
 }
 
 #[cfg(test)]

@@ -52,11 +52,13 @@ pub struct OutboxEvent {
     pub traceparent: Option<String>,
 }
 
-/// A client's idempotency key and how long to wait behind a concurrent request holding it.
+/// A client's idempotency key, how long to wait behind a concurrent request holding it, and how
+/// long the key answers with its transaction (`transactions.idempotency_ttl`).
 #[derive(Debug, Clone, Copy)]
 pub struct Idempotency<'a> {
     pub key: &'a str,
     pub wait: std::time::Duration,
+    pub ttl: std::time::Duration,
 }
 
 /// Result of a create call.
@@ -107,11 +109,17 @@ impl Row {
 
 /// Stores a transaction and its outbox event atomically, honouring the idempotency key.
 ///
+/// `principal` identifies the authenticated caller (an opaque string); a key belongs to the
+/// principal that sent it, so two callers choosing the same key never see each other's
+/// transaction. `''` is the principal of keys stored before keys were scoped.
+///
 /// `make_event` builds the event from the final transaction (it needs the id and timestamp).
 /// Without a key this is one statement (both inserts in one CTE, committed together); with a key
-/// the key is claimed first in the same database transaction.
+/// the key is claimed first in the same database transaction. A key whose `ttl` has run out is
+/// free again: claiming it creates a new transaction.
 pub async fn create(
     pool: &PgPool,
+    principal: &str,
     id: &str,
     new: &NewTransaction,
     idempotency: Option<Idempotency<'_>>,
@@ -126,7 +134,7 @@ pub async fn create(
         created_at: now_in_database_precision(),
     };
     let event = make_event(&transaction);
-    let Some(Idempotency { key, wait }) = idempotency else {
+    let Some(Idempotency { key, wait, ttl }) = idempotency else {
         insert_with_event(pool, new, &transaction, &event).await?;
         return Ok(Created::New(transaction));
     };
@@ -137,13 +145,22 @@ pub async fn create(
         .bind(format!("{}ms", wait.as_millis().max(1)))
         .execute(&mut *tx)
         .await?;
+    // A live row keeps the key (0 rows affected); an expired one is taken over as if it were new
+    // (1 row, as for an insert). In both cases PostgreSQL leaves the row locked by this
+    // transaction, so it can neither expire away nor be taken over while its replay is read.
     let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (key, fingerprint, transaction_id) VALUES ($1, $2, $3)
-         ON CONFLICT (key) DO NOTHING",
+        "INSERT INTO idempotency_keys (principal, key, fingerprint, transaction_id, expires_at)
+         VALUES ($1, $2, $3, $4, now() + $5)
+         ON CONFLICT (principal, key) DO UPDATE
+             SET fingerprint = excluded.fingerprint, transaction_id = excluded.transaction_id,
+                 created_at = excluded.created_at, expires_at = excluded.expires_at
+             WHERE idempotency_keys.expires_at <= now()",
     )
+    .bind(principal)
     .bind(key)
     .bind(&fingerprint)
     .bind(id)
+    .bind(ttl)
     .execute(&mut *tx)
     .await
     .map_err(|error| match error.as_database_error().and_then(|e| e.code()) {
@@ -153,8 +170,11 @@ pub async fn create(
     .rows_affected()
         == 1;
     if !claimed {
+        // Read under that lock and with the claim's own now(), then let go of the row at once:
+        // other requests with the same key queue on it.
+        let stored = live_key(&mut tx, principal, key).await;
         tx.rollback().await?;
-        return replay(pool, key, &fingerprint).await;
+        return replay(pool, stored?, &fingerprint).await;
     }
     insert_with_event(&mut *tx, new, &transaction, &event).await?;
     tx.commit().await?;
@@ -197,12 +217,28 @@ fn now_in_database_precision() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
-async fn replay(pool: &PgPool, key: &str, fingerprint: &[u8]) -> Result<Created, StoreError> {
-    let (stored_fingerprint, transaction_id): (Vec<u8>, String) =
-        sqlx::query_as("SELECT fingerprint, transaction_id FROM idempotency_keys WHERE key = $1")
-            .bind(key)
-            .fetch_one(pool)
-            .await?;
+/// The fingerprint and transaction id of the unexpired row for `(principal, key)`. An expired
+/// row is as good as absent, whether or not it has been deleted yet.
+async fn live_key(
+    connection: &mut sqlx::PgConnection,
+    principal: &str,
+    key: &str,
+) -> Result<(Vec<u8>, String), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT fingerprint, transaction_id FROM idempotency_keys
+         WHERE principal = $1 AND key = $2 AND expires_at > now()",
+    )
+    .bind(principal)
+    .bind(key)
+    .fetch_one(connection)
+    .await
+}
+
+async fn replay(
+    pool: &PgPool,
+    (stored_fingerprint, transaction_id): (Vec<u8>, String),
+    fingerprint: &[u8],
+) -> Result<Created, StoreError> {
     if stored_fingerprint != fingerprint {
         return Err(StoreError::IdempotencyKeyReused);
     }

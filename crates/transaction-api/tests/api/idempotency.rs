@@ -1,8 +1,13 @@
-//! Idempotency-Key: replays, conflicting reuse, and concurrent duplicates.
+//! Idempotency-Key: replays, conflicting reuse, concurrent duplicates, keys scoped per principal,
+//! and keys that expire.
+
+use std::time::Duration;
 
 use serde_json::Value;
+use sqlx::PgPool;
+use transaction_api::store::{self, Created, Idempotency, NewTransaction, StoreError, Transaction};
 
-use crate::helpers::{assert_problem, brl, spawn_app};
+use crate::helpers::{Options, assert_problem, brl, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn replay_with_same_key_and_body_returns_the_original() {
@@ -78,4 +83,91 @@ async fn a_key_held_by_a_request_in_progress_gets_409_with_retry_after() {
     tx.rollback().await.expect("release");
     drop(holder);
     assert_eq!(app.post_with_key(&brl("u1", "5.00"), "busy").await.status().as_u16(), 201, "free again after release");
+}
+
+/// `store::create` as the handler calls it, for `principal` with `key`, a TTL of an hour.
+async fn create(pool: &PgPool, principal: &str, key: &str, amount: &str) -> Result<Created, StoreError> {
+    let new = NewTransaction { user_id: "u-scoped".to_owned(), money: format!("{amount} BRL").parse().expect("money") };
+    let id = platform::ids::new_id("txn");
+    let idempotency = Idempotency { key, wait: Duration::from_secs(2), ttl: Duration::from_secs(60 * 60) };
+    store::create(pool, principal, &id, &new, Some(idempotency), |t| {
+        transaction_api::outbox::transaction_created(t, None)
+    })
+    .await
+}
+
+fn new(created: Result<Created, StoreError>) -> Transaction {
+    match created {
+        Ok(Created::New(t)) => t,
+        other => panic!("expected a new transaction, got {other:?}"),
+    }
+}
+
+fn replayed(created: Result<Created, StoreError>) -> Transaction {
+    match created {
+        Ok(Created::Replayed(t)) => t,
+        other => panic!("expected a replay, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_same_key_from_two_principals_is_two_transactions() {
+    let app = spawn_app().await;
+    let alice = new(create(&app.pool, "https://issuer.example alice", "order-1", "10.00").await);
+    let bob = new(create(&app.pool, "https://issuer.example bob", "order-1", "10.00").await);
+    assert_ne!(alice.id, bob.id, "bob's key is his own, not a replay of alice's");
+    assert_eq!(replayed(create(&app.pool, "https://issuer.example alice", "order-1", "10.00").await), alice);
+    assert_eq!(replayed(create(&app.pool, "https://issuer.example bob", "order-1", "10").await), bob);
+    // A conflicting reuse is judged against the principal's own request, not the other's.
+    let reused = create(&app.pool, "https://issuer.example bob", "order-1", "11.00").await;
+    assert!(matches!(reused, Err(StoreError::IdempotencyKeyReused)), "{reused:?}");
+    // Keys stored before keys were scoped belong to no principal, and stay out of every caller's way.
+    let legacy = new(create(&app.pool, "", "order-1", "12.00").await);
+    assert_ne!(legacy.id, alice.id);
+    assert_eq!(app.transaction_count().await, 3);
+}
+
+#[tokio::test]
+async fn an_expired_key_is_free_again_and_creates_a_new_transaction() {
+    let app = spawn_app().await;
+    let first = new(create(&app.pool, "p", "renewed", "10.00").await);
+    sqlx::query("UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE principal = 'p'")
+        .execute(&app.pool)
+        .await
+        .expect("expire the key");
+    // The expired row is still stored, but is not replayed, not even for the same body.
+    let second = new(create(&app.pool, "p", "renewed", "10.00").await);
+    assert_ne!(second.id, first.id);
+    assert_eq!(replayed(create(&app.pool, "p", "renewed", "10.00").await), second);
+    let (transaction_id, live): (String, bool) = sqlx::query_as(
+        "SELECT transaction_id, expires_at > now() + interval '59 minutes' FROM idempotency_keys WHERE principal = 'p'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("the key's one row");
+    assert_eq!((transaction_id.as_str(), live), (second.id.as_str(), true), "taken over with a fresh TTL");
+    // The key now holds the second request: another body is a conflicting reuse again.
+    let reused = create(&app.pool, "p", "renewed", "11.00").await;
+    assert!(matches!(reused, Err(StoreError::IdempotencyKeyReused)), "{reused:?}");
+    assert_eq!(app.transaction_count().await, 2);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&app.pool).await.expect("count");
+    assert_eq!(events, 2, "one event per transaction");
+}
+
+#[tokio::test]
+async fn a_key_expires_after_the_configured_ttl() {
+    let app = spawn_app_with(Options {
+        extra_toml: "[transactions]\nidempotency_ttl = \"90m\"\n".to_owned(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(app.post_with_key(&brl("u1", "3.00"), "ttl").await.status().as_u16(), 201);
+    let (principal, seconds): (String, f64) = sqlx::query_as(
+        "SELECT principal, extract(epoch FROM expires_at - created_at)::float8 FROM idempotency_keys WHERE key = 'ttl'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("the key's row");
+    assert_eq!(seconds, 90.0 * 60.0, "transactions.idempotency_ttl reaches the claim");
+    assert_eq!(principal, "", "no principal until authentication lands");
 }

@@ -8,6 +8,7 @@ mod delivery;
 mod helpers;
 mod idempotency;
 mod outbox_lease;
+mod retention;
 mod secrets;
 mod shutdown;
 mod transactions;
