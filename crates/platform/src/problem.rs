@@ -134,6 +134,17 @@ impl Problem {
         problem
     }
 
+    /// 504 for a non-idempotent request (no Idempotency-Key) that failed at a point where its
+    /// work may already be committed: no Retry-After, because repeating it blindly could do the
+    /// work twice (docs/adr/0011).
+    pub fn outcome_unknown(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "outcome-unknown", "Outcome unknown").with_detail(format!(
+            "{}; it may or may not have taken effect. Do not repeat it blindly: look the result up, or send \
+             requests with an Idempotency-Key, whose repeats are safe",
+            detail.into()
+        ))
+    }
+
     /// 500 with nothing about the cause: the caller logs the cause, the client gets the request id.
     pub fn internal() -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal-error", "Internal server error")

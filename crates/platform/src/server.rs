@@ -239,12 +239,26 @@ async fn openapi(State(state): State<ProbeState>) -> Response {
     ([(http::header::CONTENT_TYPE, "application/json")], state.openapi.as_str().to_owned()).into_response()
 }
 
+/// Header a client sends to make a non-idempotent request safe to repeat
+/// (draft-ietf-httpapi-idempotency-key-header); a repeat with the same key replays the outcome.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Cuts a request off after `timeout`. What the client is told depends on whether repeating the
+/// request is safe (docs/adr/0011): a timed-out request may have committed its work just before.
 async fn enforce_timeout(timeout: Duration, request: Request, next: Next) -> Response {
+    let repeatable = request.method().is_safe() || request.headers().contains_key(IDEMPOTENCY_KEY);
     match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => {
+        Err(_) if repeatable => {
             tracing::warn!(?timeout, "request timed out");
-            Problem::service_unavailable(format!("the request did not complete within {timeout:?}")).into_response()
+            Problem::service_unavailable(format!(
+                "the request did not complete within {timeout:?}; repeating it is safe (same Idempotency-Key, if any)"
+            ))
+            .into_response()
+        }
+        Err(_) => {
+            tracing::warn!(?timeout, "request timed out; its outcome is unknown");
+            Problem::outcome_unknown(format!("the request did not complete within {timeout:?}")).into_response()
         }
     }
 }

@@ -16,6 +16,10 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("a request with this idempotency key is in progress")]
     IdempotencyKeyInProgress,
+    /// The database failed mid-create, after the statement may have committed, for a request
+    /// without an Idempotency-Key: the client must not be told to simply retry.
+    #[error("the outcome of the create is unknown")]
+    OutcomeUnknown(#[source] sqlx::Error),
     /// Authenticated, but not allowed (403).
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -52,6 +56,10 @@ impl IntoResponse for ApiError {
             }
             Self::Database(error) => platform::db::error_problem(error),
             Self::Auth(error) => return error.clone().into_response(),
+            Self::OutcomeUnknown(error) => {
+                tracing::error!(error = %platform::error_chain(error), "create failed mid-commit; outcome unknown");
+                Problem::outcome_unknown("the database connection failed while the transaction was being stored")
+            }
         };
         problem.into_response()
     }

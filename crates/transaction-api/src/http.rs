@@ -19,10 +19,10 @@ use tokio::sync::Notify;
 use crate::error::ApiError;
 use crate::money::{Currencies, Money, MoneyError, parse_amount};
 use crate::outbox;
-use crate::store::{self, Created, Idempotency, NewTransaction, Transaction};
+use crate::store::{self, Created, Idempotency, NewTransaction, StoreError, Transaction};
 
 /// Header carrying the client's idempotency key.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub use platform::server::IDEMPOTENCY_KEY;
 
 /// Shared handler state.
 #[derive(Debug, Clone)]
@@ -118,9 +118,9 @@ fn cache_key(id: &str) -> String {
     path = "/transactions",
     request_body = CreateTransaction,
     security(("bearer" = ["transactions:write"])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays return the original response; reuse with another body is 422")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Recommended: makes retries safe. Scoped to the caller and kept for transactions.idempotency_ttl (24 h): a repeat with the same key and body returns the original (201, Idempotent-Replayed: true); with another body it is 422. Echoed in the response.")),
     responses(
-        (status = 201, description = "Created (or replayed)", body = Transaction, headers(("Location" = String))),
+        (status = 201, description = "Created (or replayed)", body = Transaction, headers(("Location" = String), ("Idempotency-Key" = String, description = "The key sent, if any"))),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks transactions:write, or is a customer's acting for another user", body = Problem, content_type = "application/problem+json"),
@@ -129,7 +129,8 @@ fn cache_key(id: &str) -> String {
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields or reused idempotency key", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable, or timed out with an Idempotency-Key: retrying with the same key is safe", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "Timed out or lost the database mid-commit without an Idempotency-Key: the outcome is unknown, do not retry blindly", body = Problem, content_type = "application/problem+json"),
     ),
     tag = "transactions"
 )]
@@ -150,11 +151,19 @@ pub async fn create_transaction(
         wait: state.idempotency_wait,
         ttl: state.idempotency_ttl,
     });
-    // Replaced by the authenticated principal (auth lands next).
-    let principal = "";
+    // Keys are the caller's own: another caller's identical key is another request.
+    let owner = principal.scope_key();
     let created =
-        store::create(&state.pool, principal, &id, &new, idempotency, |t| outbox::transaction_created(t, traceparent))
-            .await?;
+        store::create(&state.pool, &owner, &id, &new, idempotency, |t| outbox::transaction_created(t, traceparent))
+            .await
+            .map_err(|error| match error {
+                // Lost mid-statement, the insert may have committed. With a key a retry replays
+                // it, so 503 (retry) stays honest; without one, say the outcome is unknown.
+                StoreError::Database(e) if idempotency_key.is_none() && outcome_unknown(&e) => {
+                    ApiError::OutcomeUnknown(e)
+                }
+                other => other.into(),
+            })?;
     let (transaction, replayed) = match created {
         Created::New(t) => {
             state.wake_dispatcher.notify_one();
@@ -175,7 +184,17 @@ pub async fn create_transaction(
     if replayed {
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
+    // Echoed, so a client (or a log) can pair the answer with the key it sent.
+    if let Some(key) = idempotency_key.as_deref().and_then(|k| HeaderValue::from_str(k).ok()) {
+        response.headers_mut().insert(IDEMPOTENCY_KEY, key);
+    }
     Ok(response)
+}
+
+/// Errors after which an insert may or may not have committed: the connection broke while the
+/// statement was in flight. Pool timeouts and SQLSTATE errors mean it did not.
+fn outcome_unknown(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed)
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {

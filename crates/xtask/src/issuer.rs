@@ -82,10 +82,13 @@ pub fn run(args: &[String]) -> Result<()> {
                 let text = value()?;
                 ttl = humantime::parse_duration(text).with_context(|| format!("--ttl `{text}`: e.g. 15m, 1h"))?;
             }
-            other => bail!("unknown option `{other}`; usage: cargo xtask token --sub <user> [--role customer|service] [--ttl 15m]"),
+            other => bail!(
+                "unknown option `{other}`; usage: cargo xtask token --sub <user> [--role customer|service] [--ttl 15m]"
+            ),
         }
     }
-    let subject = subject.context("--sub <user> is required: the user id the token acts for (or the service's name)")?;
+    let subject =
+        subject.context("--sub <user> is required: the user id the token acts for (or the service's name)")?;
     if !matches!(role.as_str(), "customer" | "service") {
         bail!("--role `{role}`: must be customer or service");
     }

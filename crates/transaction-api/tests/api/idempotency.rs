@@ -72,8 +72,11 @@ async fn a_key_held_by_a_request_in_progress_gets_409_with_retry_after() {
     // An open transaction holding the key stands in for a slow request with the same key.
     let mut holder = app.pool.acquire().await.expect("connection");
     let mut tx = holder.begin().await.expect("begin");
-    sqlx::query("INSERT INTO idempotency_keys (key, fingerprint, transaction_id) VALUES ('busy', '\\x00', 'txn_x')")
-        .execute(&mut *tx)
+    sqlx::query(
+        "INSERT INTO idempotency_keys (principal, key, fingerprint, transaction_id) VALUES ($1, 'busy', '\\x00', 'txn_x')",
+    )
+    .bind(format!("{} test-suite", platform::auth::dev::DEV_ISSUER))
+    .execute(&mut *tx)
         .await
         .expect("hold the key");
     let response = app.post_with_key(&brl("u1", "5.00"), "busy").await;
@@ -169,5 +172,5 @@ async fn a_key_expires_after_the_configured_ttl() {
     .await
     .expect("the key's row");
     assert_eq!(seconds, 90.0 * 60.0, "transactions.idempotency_ttl reaches the claim");
-    assert_eq!(principal, "", "no principal until authentication lands");
+    assert_eq!(principal, format!("{} test-suite", platform::auth::dev::DEV_ISSUER), "the caller owns its key");
 }

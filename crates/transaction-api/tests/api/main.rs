@@ -11,6 +11,7 @@ mod outbox_lease;
 mod retention;
 mod secrets;
 mod shutdown;
+mod timeouts;
 mod transactions;
 
 #[test]
