@@ -59,10 +59,9 @@ pub fn run(args: &[String]) -> Result<()> {
         let postgres = Postgres::start(Durability::Production)?;
         let redis = Daemon::redis()?;
         services::create_database(&postgres)?;
-        let key = services::random_signing_key();
-        let issuer = crate::issuer::LocalIssuer::create()?;
+        let keys = services::LocalKeys::create()?;
         // Every request is authenticated, as in production: a service token acts for any user.
-        let token = issuer.token("bench", "service", Duration::from_secs(3600));
+        let token = keys.issuer.token("bench", "service", Duration::from_secs(3600));
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
         let http = reqwest::Client::builder().pool_max_idle_per_host(512).default_headers(headers).build()?;
@@ -70,7 +69,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let mut ready_times = Vec::new();
         for service in SERVICES.iter().rev() {
             let mut started =
-                services::start(&bin_dir, service, &postgres, &redis, &key, &issuer, Output::Quiet, ("json", "warn"))?;
+                services::start(&bin_dir, service, &postgres, &redis, &keys, Output::Quiet, ("json", "warn"))?;
             ready_times.push((service.name, services::wait_ready(&http, &mut started, Duration::from_secs(30)).await?));
             running.push(started);
         }

@@ -129,8 +129,7 @@ pub fn start(
     spec: &ServiceSpec,
     postgres: &Postgres,
     redis: &Daemon,
-    signing_key: &str,
-    issuer: &crate::issuer::LocalIssuer,
+    keys: &LocalKeys,
     output: Output,
     log: (&str, &str),
 ) -> Result<RunningService> {
@@ -142,8 +141,8 @@ pub fn start(
         .env("QUILLA_SERVER__DRAIN_DELAY", "0s")
         .env("QUILLA_DATABASE__URL", postgres.url("quilla"))
         .env("QUILLA_DATABASE__SSL_MODE", "disable")
-        .env("QUILLA_WEBHOOK__SIGNING_KEY", signing_key)
-        .env("QUILLA_AUTH__ISSUERS", issuer.issuers_env())
+        .env("QUILLA_WEBHOOK__SIGNING_KEY", &keys.signing_key)
+        .env("QUILLA_AUTH__ISSUERS", keys.issuer.issuers_env())
         .env("QUILLA_TELEMETRY__LOG_FORMAT", log.0)
         .env("QUILLA_TELEMETRY__LOG_LEVEL", log.1)
         .stdin(Stdio::null())
@@ -197,9 +196,18 @@ pub async fn wait_ready(http: &reqwest::Client, service: &mut RunningService, ti
     }
 }
 
-/// A random signing key for a local run; never printed.
-pub fn random_signing_key() -> String {
-    hex::encode(rand::random::<[u8; 32]>())
+/// The keys of one local run: the webhook's HMAC key (random, never printed) and the token
+/// issuer the services trust.
+#[derive(Debug)]
+pub struct LocalKeys {
+    pub signing_key: String,
+    pub issuer: crate::issuer::LocalIssuer,
+}
+
+impl LocalKeys {
+    pub fn create() -> Result<Self> {
+        Ok(Self { signing_key: hex::encode(rand::random::<[u8; 32]>()), issuer: crate::issuer::LocalIssuer::create()? })
+    }
 }
 
 /// Makes sure the local ports are free before starting anything.

@@ -19,9 +19,8 @@ pub fn run() -> Result<()> {
         let redis = Daemon::redis()?;
         services::create_database(&postgres)?;
         println!("xtask: PostgreSQL on 127.0.0.1:{}, Redis on 127.0.0.1:{}", postgres.port, redis.port);
-        let signing_key = services::random_signing_key();
         // A throwaway token issuer: its JWKS is what the services trust, its key signs `xtask token`.
-        let issuer = crate::issuer::LocalIssuer::create()?;
+        let keys = services::LocalKeys::create()?;
         let http = reqwest::Client::new();
         let mut running = Vec::new();
         // notification-service first, so transaction-api's first deliveries find it.
@@ -31,15 +30,14 @@ pub fn run() -> Result<()> {
                 service,
                 &postgres,
                 &redis,
-                &signing_key,
-                &issuer,
+                &keys,
                 Output::Prefixed,
                 ("pretty", "info,sqlx=warn"),
             )?;
             services::wait_ready(&http, &mut started, Duration::from_secs(60)).await?;
             running.push(started);
         }
-        print_banner(&issuer.token("u1", "customer", Duration::from_secs(3600)));
+        print_banner(&keys.issuer.token("u1", "customer", Duration::from_secs(3600)));
         let outcome = wait_for_stop(&mut running).await;
         println!("\nxtask: stopping services, PostgreSQL and Redis");
         // transaction-api first: its dispatcher stops before its webhook target does.
