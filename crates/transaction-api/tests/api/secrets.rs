@@ -16,7 +16,8 @@ async fn secrets_client() -> aws_sdk_secretsmanager::Client {
 }
 
 fn config_with(overrides: String) -> Config {
-    load(&Sources::overridden(DEFAULTS, overrides)).expect("valid config")
+    load(&Sources::overridden(DEFAULTS, format!("{overrides}\n{}", crate::helpers::ISSUER.auth_toml())))
+        .expect("valid config")
 }
 
 /// Neither `Debug` nor `--print-config` shows any of `secrets`.
