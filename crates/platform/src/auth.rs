@@ -459,7 +459,6 @@ where
             .authenticate(parts.headers.get(header::AUTHORIZATION))
             .await
             .map_err(|error| Refused(authenticator.refusal(&error)))?;
-        tracing::Span::current().record("enduser.id", principal.subject.as_str());
         Ok(principal)
     }
 }
