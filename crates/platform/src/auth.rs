@@ -273,6 +273,13 @@ impl Authenticator {
             .enumerate()
             .map(|(i, issuer)| jwks::IssuerKeys::new(issuer, limits.clone(), &format!("auth.issuers[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
+        // Every series exists from the start at 0, so rates and alerts see the first refusal.
+        for reason in ["missing", "invalid", "insufficient_scope", "forbidden", "keys_unavailable"] {
+            metrics::counter!("auth_failures_total", "reason" => reason).increment(0);
+        }
+        for outcome in ["ok", "failed"] {
+            metrics::counter!("auth_jwks_refreshes_total", "outcome" => outcome).increment(0);
+        }
         Ok(Arc::new(Self {
             realm: realm.to_owned(),
             audience: config.audience.clone(),

@@ -85,6 +85,11 @@ fn describe() {
         "http_server_connection_timeouts_total",
         "Connections closed for a request head not received in time (header) or no progress (idle), by listener"
     );
+    metrics::describe_counter!("auth_failures_total", "Requests refused by authentication or authorisation, by reason");
+    metrics::describe_counter!(
+        "auth_jwks_refreshes_total",
+        "Reads of the trusted issuers' keys after start-up, by outcome"
+    );
     metrics::describe_counter!(
         "http_server_connection_limit_reached_total",
         "Times a listener had max_connections open and new connections waited for a free slot"
