@@ -103,6 +103,34 @@ impl Drop for TempDir {
     }
 }
 
+/// Every operation of an OpenAPI document: its method, its path with each `{param}` replaced by
+/// `fill(param)`, and whether it declares a security requirement. Auth tests walk it, so a new
+/// route cannot be added without being tried anonymously.
+pub fn openapi_operations(
+    document: &utoipa::openapi::OpenApi,
+    fill: impl Fn(&str) -> String,
+) -> Vec<(http::Method, String, bool)> {
+    let document = serde_json::to_value(document).expect("the OpenAPI document serialises");
+    let mut found = Vec::new();
+    for (path, item) in document["paths"].as_object().into_iter().flatten() {
+        let mut concrete = String::new();
+        let mut rest = path.as_str();
+        while let Some((before, after)) = rest.split_once('{') {
+            let (param, tail) = after.split_once('}').expect("a closed path parameter");
+            concrete.push_str(before);
+            concrete.push_str(&fill(param));
+            rest = tail;
+        }
+        concrete.push_str(rest);
+        for (method, operation) in item.as_object().into_iter().flatten() {
+            let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else { continue };
+            let secured = operation["security"].as_array().is_some_and(|s| !s.is_empty());
+            found.push((method, concrete.clone(), secured));
+        }
+    }
+    found
+}
+
 /// A throwaway token issuer for one test: its JWKS in a file the service under test trusts.
 #[derive(Debug)]
 pub struct TestIssuer {

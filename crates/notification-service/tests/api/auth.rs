@@ -6,18 +6,9 @@ use serde_json::json;
 
 use crate::helpers::{TestApp, assert_problem, spawn_app};
 
-/// Every operation of the OpenAPI document and whether it declares a security requirement.
+/// Every operation of the OpenAPI document, with whether it declares a security requirement.
 fn operations() -> Vec<(Method, String, bool)> {
-    let document = serde_json::to_value(notification_service::openapi()).expect("openapi");
-    let mut found = Vec::new();
-    for (path, item) in document["paths"].as_object().expect("paths") {
-        for (method, operation) in item.as_object().expect("path item") {
-            let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).expect("method");
-            let secured = operation["security"].as_array().is_some_and(|s| !s.is_empty());
-            found.push((method, path.replace("{user_id}", "u1"), secured));
-        }
-    }
-    found
+    platform::testkit::openapi_operations(&notification_service::openapi(), |_| "u1".to_owned())
 }
 
 async fn send(app: &TestApp, method: &Method, path: &str, token: Option<&str>) -> reqwest::Response {

@@ -8,16 +8,7 @@ use crate::helpers::{ISSUER, TestApp, assert_problem, brl, spawn_app};
 
 /// Every operation of the OpenAPI document, with whether it declares a security requirement.
 fn operations() -> Vec<(Method, String, bool)> {
-    let document = serde_json::to_value(transaction_api::openapi()).expect("openapi");
-    let mut found = Vec::new();
-    for (path, item) in document["paths"].as_object().expect("paths") {
-        for (method, operation) in item.as_object().expect("path item") {
-            let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).expect("method");
-            let secured = operation["security"].as_array().is_some_and(|s| !s.is_empty());
-            found.push((method, path.replace("{id}", "txn_01jc3v6p6m9x2s8q4r7t5w1y0z"), secured));
-        }
-    }
-    found
+    platform::testkit::openapi_operations(&transaction_api::openapi(), |_| "txn_01jc3v6p6m9x2s8q4r7t5w1y0z".to_owned())
 }
 
 async fn send(app: &TestApp, method: &Method, path: &str, token: Option<&str>) -> reqwest::Response {
