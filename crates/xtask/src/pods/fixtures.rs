@@ -1,13 +1,14 @@
 //! What a pod finds around it in the test: a throwaway CA standing in for cert-manager's in-cluster
 //! CA (and for the RDS CA), a PostgreSQL that speaks TLS with a certificate that CA signed and
-//! holds each service's roles exactly as platform::db::roles specifies them, a Redis, and the
-//! values AWS Secrets Manager would hold for each ExternalSecret.
+//! holds each service's roles exactly as platform::db::roles specifies them, a Redis, a token
+//! issuer's key set, and the values AWS Secrets Manager would hold for each ExternalSecret.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 
+use platform::auth::dev::{DEV_ISSUER, DevIssuer};
 use platform::db::roles::{self, SchemaRoles};
 use serde_json::Value;
 
@@ -27,6 +28,9 @@ pub struct Fixtures {
     postgres: Postgres,
     redis: Daemon,
     webhook_key: String,
+    /// The `auth/jwks` entry: the public key of an issuer made for this run. A key set does not
+    /// name its issuer, so it serves every environment's `https://<host>/auth`.
+    jwks: String,
     /// A copy of this executable for `pod-exec`: `cargo build` may replace the original while a
     /// long run still needs it.
     exe: (ScratchDir, PathBuf),
@@ -56,10 +60,11 @@ impl Fixtures {
         .context("provision the services' database roles")?;
         let redis = Daemon::redis()?;
         let webhook_key = crate::infra::random_token(48);
+        let jwks = DevIssuer::generate(DEV_ISSUER).jwks();
         let dir = ScratchDir::new("xtask-exe")?;
         let exe = dir.0.join("xtask");
         std::fs::copy(std::env::current_exe()?, &exe).context("copy the xtask executable")?;
-        Ok(Self { ca, postgres, redis, webhook_key, exe: (dir, exe) })
+        Ok(Self { ca, postgres, redis, webhook_key, jwks, exe: (dir, exe) })
     }
 
     /// The xtask executable pods start `pod-exec` from.
@@ -79,7 +84,8 @@ impl Fixtures {
 
     /// What Secrets Manager returns for `external_secret`'s keys: a `<service>/database` entry
     /// holds that service's serving login, `<service>/database-migrator` its migration login; an
-    /// ExternalSecret that reads no database entry gets a username no role has.
+    /// ExternalSecret that reads no database entry gets a username no role has. A `data` entry's
+    /// value is found under its secretKey, read from its remote key (see `entry`).
     pub fn secret_values(&self, external_secret: &Value) -> Result<BTreeMap<String, String>> {
         let extracted: Vec<&str> = external_secret["spec"]["dataFrom"]
             .as_array()
@@ -109,13 +115,31 @@ impl Fixtures {
             ("redis_auth_token", crate::infra::random_token(24)),
             ("redis_host", "localhost".to_owned()),
             ("redis_port", self.redis.port.to_string()),
-            ("webhook_signing_key", self.webhook_key.clone()),
-            // Outside a rotation the previous key is the current one.
-            ("webhook_previous_signing_key", self.webhook_key.clone()),
             // The region's RDS CA bundle (rds-ca-bundle): here, the CA of the test PostgreSQL.
             ("bundle.pem", self.ca.pem()),
         ];
-        Ok(values.into_iter().map(|(key, value)| (key.to_owned(), value)).collect())
+        let mut values: BTreeMap<String, String> =
+            values.into_iter().map(|(key, value)| (key.to_owned(), value)).collect();
+        for data in external_secret["spec"]["data"].as_array().into_iter().flatten() {
+            let (Some(secret_key), Some(remote)) = (data["secretKey"].as_str(), data["remoteRef"]["key"].as_str())
+            else {
+                continue;
+            };
+            if let Some(value) = self.entry(remote) {
+                values.insert(secret_key.to_owned(), value);
+            }
+        }
+        Ok(values)
+    }
+
+    /// What the Secrets Manager entry `key` (relative to the store's prefix) holds as its string.
+    fn entry(&self, key: &str) -> Option<String> {
+        match key {
+            // Outside a rotation the previous key is the current one.
+            "webhook-signing-key" | "webhook-signing-key-previous" => Some(self.webhook_key.clone()),
+            "auth/jwks" => Some(self.jwks.clone()),
+            _ => None,
+        }
     }
 }
 

@@ -258,12 +258,6 @@ fn write_volumes(
         let path = mount["mountPath"].as_str().context("volumeMount without mountPath")?;
         ensure!(mount["subPath"].is_null(), "volumeMount {name}: subPath is not supported here");
         let volume = volumes.iter().find(|v| v["name"] == name).with_context(|| format!("no volume {name}"))?;
-        // `items` (a subset of keys, renamed) would need the kubelet's projection; refuse rather
-        // than mount every key where the pod expects a few.
-        ensure!(
-            volume["configMap"]["items"].is_null() && volume["secret"]["items"].is_null(),
-            "volume {name}: `items` is not supported here"
-        );
         let (files, mode) = if let Some(config_map) = volume["configMap"]["name"].as_str() {
             let object = cluster.find("ConfigMap", config_map).with_context(|| format!("no ConfigMap {config_map}"))?;
             let data = object.object["data"].as_object().cloned().unwrap_or_default();
@@ -277,16 +271,46 @@ fn write_volumes(
         } else {
             bail!("volume {name}: only configMap, secret and emptyDir volumes are supported here");
         };
+        let source = if volume["configMap"].is_object() { &volume["configMap"] } else { &volume["secret"] };
+        let files = project(files, source, mode).with_context(|| format!("volume {name}"))?;
         let target = root.join(path.trim_start_matches('/'));
         std::fs::create_dir_all(&target)?;
-        for (file, contents) in files {
+        for (file, contents, mode) in files {
             let file_path = target.join(&file);
+            if let Some(dir) = file_path.parent().filter(|dir| *dir != target) {
+                std::fs::create_dir_all(dir)?;
+                set_owner_and_mode(dir, fs_group, 0o755)?;
+            }
             std::fs::write(&file_path, contents)?;
             set_owner_and_mode(&file_path, fs_group, mode)?;
         }
         set_owner_and_mode(&target, fs_group, 0o755)?;
     }
     Ok(writable)
+}
+
+/// The files a ConfigMap or Secret volume shows, with their modes: every key of `data` under its
+/// own name, or with `items` only those keys, each at its `path` with its `mode` (else `mode`), as
+/// the kubelet projects them. A listed key that is not there fails the mount unless `optional`.
+fn project(data: BTreeMap<String, String>, source: &Value, mode: u64) -> Result<Vec<(String, String, u64)>> {
+    let Some(items) = source["items"].as_array() else {
+        return Ok(data.into_iter().map(|(key, contents)| (key, contents, mode)).collect());
+    };
+    let mut files = Vec::new();
+    for item in items {
+        let key = item["key"].as_str().context("an item without key")?;
+        let path = item["path"].as_str().context("an item without path")?;
+        ensure!(
+            !path.starts_with('/') && !path.split('/').any(|part| part.is_empty() || part == ".."),
+            "item path `{path}` must be relative and without `..`"
+        );
+        match data.get(key) {
+            Some(contents) => files.push((path.to_owned(), contents.clone(), item["mode"].as_u64().unwrap_or(mode))),
+            None if source["optional"] == true => {}
+            None => bail!("item key `{key}` is not in the object"),
+        }
+    }
+    Ok(files)
 }
 
 /// The files of Secret `name`, from what would write it in the cluster.
@@ -734,4 +758,46 @@ pub fn exec_in_pod(args: &[String]) -> Result<()> {
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .exec();
     bail!("cannot exec chroot: {error}")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn data() -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("database-url".to_owned(), "postgres://…".to_owned()),
+            ("jwks.json".to_owned(), "{}".to_owned()),
+        ])
+    }
+
+    #[test]
+    fn a_volume_shows_every_key_or_only_its_items() {
+        let all = project(data(), &json!({"secretName": "s"}), 0o440).expect("every key");
+        assert_eq!(
+            all.iter().map(|(path, _, mode)| (path.as_str(), *mode)).collect::<Vec<_>>(),
+            [("database-url", 0o440), ("jwks.json", 0o440)]
+        );
+        let items =
+            json!({"secretName": "s", "items": [{"key": "jwks.json", "path": "keys/jwks.json", "mode": 0o444}]});
+        assert_eq!(
+            project(data(), &items, 0o440).expect("one item"),
+            [("keys/jwks.json".to_owned(), "{}".to_owned(), 0o444)]
+        );
+    }
+
+    #[test]
+    fn a_missing_item_fails_the_mount_unless_optional() {
+        let items = json!({"secretName": "s", "items": [{"key": "nope", "path": "nope"}]});
+        let error = project(data(), &items, 0o440).expect_err("missing key");
+        assert!(error.to_string().contains("item key `nope`"), "{error}");
+        let optional = json!({"secretName": "s", "optional": true, "items": [{"key": "nope", "path": "nope"}]});
+        assert_eq!(project(data(), &optional, 0o440).expect("optional"), []);
+        for path in ["/etc/x", "../x", "a//b"] {
+            let items = json!({"secretName": "s", "items": [{"key": "jwks.json", "path": path}]});
+            assert!(project(data(), &items, 0o440).is_err(), "{path}");
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! For each container: the image layout (from `cargo xtask images`) unpacked as its root file
 //! system, mounted read-only; the image's `Env` overlaid by the container's `env` and the
 //! Services' link variables; each ConfigMap and Secret volume written at its mount path with the
-//! pod's `fsGroup` and `defaultMode` (Secrets filled from what produces them: an ExternalSecret's
+//! pod's `fsGroup` and `defaultMode`, only its `items` when it lists some (Secrets filled from what produces them: an ExternalSecret's
 //! template rendered over test values that point at a throwaway TLS PostgreSQL and Redis, or a
 //! cert-manager Certificate issued by a throwaway CA for its `dnsNames`); `/proc`, `/dev` and the
 //! kubelet's `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`; the process started as the

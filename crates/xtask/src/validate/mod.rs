@@ -288,6 +288,26 @@ mod tests {
     }
 
     #[test]
+    fn a_spain_overlay_trusting_a_mexico_token_issuer_fails_residency() {
+        let error = failure_after(&[(
+            "environments/spain/prod/kustomization.yaml",
+            "commonAnnotations:\n",
+            "patches:\n  - target: {kind: Deployment, name: transaction-api}\n    patch: |-\n      \
+             - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: QUILLA_AUTH__ISSUERS, \
+             value: '[{issuer = \"https://api.mx.quilla.example/auth\", jwks_file = \"/etc/quilla/auth/jwks.json\"}]'}}\n\
+             commonAnnotations:\n",
+        )]);
+        let deployment = "environments/spain/prod: Deployment quilla/transaction-api: container transaction-api";
+        assert!(
+            error.contains(&format!(
+                "{deployment}: trusts `https://api.mx.quilla.example/auth`, the issuer of mexico/prod (data residency)"
+            )),
+            "{error}"
+        );
+        assert!(error.contains(r#"expected exactly ["https://api.es.quilla.example/auth"]"#), "{error}");
+    }
+
+    #[test]
     fn an_alert_that_no_longer_fires_fails_its_rule_test() {
         let error = failure_after(&[(
             "gitops/platform/monitoring/prometheus-rules.yaml",

@@ -18,6 +18,11 @@ const SCRAPER_NAMESPACES: &[&str] = &["monitoring"];
 /// `<this>/<region>/<region>-bundle.pem` (docs/adr/0008).
 const RDS_TRUST_STORE: &str = "https://truststore.pki.rds.amazonaws.com/";
 
+/// The token issuers a service trusts: set on every Deployment, `https://<host>/auth` with
+/// region.yaml's host put in by gitops/components/environment. Figment's inline syntax, which our
+/// value keeps within TOML's, so it is read here as a TOML value.
+const ISSUERS_VARIABLE: &str = "QUILLA_AUTH__ISSUERS";
+
 /// An environment's `region.yaml`: the facts its overlay must use, and no other region's.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -71,6 +76,10 @@ pub fn check(region: &RegionFile, objects: &[Rendered], all: &[RegionFile]) -> V
                 // A Job serves nothing that a probe could ask about.
                 let serves = object["kind"] != "Job";
                 check_pod(&object["spec"]["template"]["spec"], region, serves, &mut fail);
+                // `migrate`, all a Job runs, reads no [auth].
+                if serves {
+                    check_issuers(&object["spec"]["template"]["spec"], region, all, &mut fail);
+                }
             }
             "Namespace" => check_namespace(object, objects, &mut fail),
             "NetworkPolicy" => {
@@ -253,13 +262,71 @@ fn check_pod(pod: &Value, region: &RegionFile, serves: bool, fail: &mut impl FnM
             )),
             _ => {}
         }
-        let aws_region = (container["env"].as_array().into_iter().flatten())
-            .find(|variable| variable["name"] == "QUILLA_AWS__REGION")
-            .and_then(|variable| variable["value"].as_str());
-        if aws_region != Some(region.aws_region.as_str()) {
+        let mut aws_regions = env_values(container, "QUILLA_AWS__REGION");
+        if aws_regions.is_empty() {
+            aws_regions.push(None);
+        }
+        for aws_region in aws_regions.into_iter().filter(|set| *set != Some(region.aws_region.as_str())) {
             fail(&format!("env QUILLA_AWS__REGION is {aws_region:?}, expected `{}`", region.aws_region));
         }
     }
+}
+
+/// Every value `container` gives the variable `name`, `None` for one from `valueFrom`. The kubelet
+/// keeps the last of duplicates, and an overlay's patch may append one: each must pass.
+fn env_values<'a>(container: &'a Value, name: &str) -> Vec<Option<&'a str>> {
+    (container["env"].as_array().into_iter().flatten())
+        .filter(|variable| variable["name"] == name)
+        .map(|variable| variable["value"].as_str())
+        .collect()
+}
+
+/// A serving pod accepts tokens from exactly one issuer, its own environment's `https://<host>/auth`:
+/// never another environment's, whose tokens speak for another stage's or country's customers.
+fn check_issuers(pod: &Value, region: &RegionFile, all: &[RegionFile], fail: &mut impl FnMut(String)) {
+    let expected = format!("https://{}/auth", region.host);
+    for container in pod["containers"].as_array().into_iter().flatten() {
+        let name = container["name"].as_str().unwrap_or("<unnamed>");
+        let mut fail = |message: String| fail(format!("container {name}: {message}"));
+        let values = env_values(container, ISSUERS_VARIABLE);
+        if values.is_empty() {
+            fail(format!(
+                "env {ISSUERS_VARIABLE} is missing: the service would trust no token issuer (expected `{expected}`)"
+            ));
+        }
+        for value in values {
+            let issuers = match value.ok_or("is not a plain value".to_owned()).and_then(trusted_issuers) {
+                Ok(issuers) => issuers,
+                Err(problem) => {
+                    fail(format!("env {ISSUERS_VARIABLE} {problem}"));
+                    continue;
+                }
+            };
+            if issuers != [expected.as_str()] {
+                fail(format!(
+                    "trusts the token issuers {issuers:?}, expected exactly [\"{expected}\"] (region.yaml's host)"
+                ));
+            }
+            for issuer in &issuers {
+                let host = url::Url::parse(issuer).ok().and_then(|url| url.host_str().map(str::to_owned));
+                for other in all.iter().filter(|other| other.host != region.host && host.as_ref() == Some(&other.host))
+                {
+                    let residency = if other.region == region.region { "" } else { " (data residency)" };
+                    fail(format!("trusts `{issuer}`, the issuer of {}/{}{residency}", other.region, other.stage));
+                }
+            }
+        }
+    }
+}
+
+/// The `issuer` of each table in `value`, e.g. `[{issuer = "https://…/auth", jwks_file = "…"}]`.
+fn trusted_issuers(value: &str) -> Result<Vec<String>, String> {
+    let shape = "is not a list of issuer tables (`[{issuer = \"…\", jwks_file = \"…\"}]`)";
+    let table = format!("issuers = {value}").parse::<toml::Table>().map_err(|error| format!("{shape}: {error}"))?;
+    let issuers = table["issuers"].as_array().ok_or(shape)?;
+    (issuers.iter())
+        .map(|issuer| issuer.get("issuer").and_then(toml::Value::as_str).map(str::to_owned).ok_or(shape.to_owned()))
+        .collect()
 }
 
 /// Why an image reference is not acceptable, if it is not.
@@ -367,21 +434,27 @@ fn ip_blocks(policy: &Value) -> (Vec<String>, Vec<String>) {
     (cidrs(&policy["spec"]["ingress"], "from"), cidrs(&policy["spec"]["egress"], "to"))
 }
 
-/// A service's ConfigMap: no layer may pick an AWS region (the pods get the environment's as
-/// QUILLA_AWS__REGION, checked on the pod), and `environment.toml`, which QUILLA_CONFIG lists, exists.
+/// A configuration layer (a service's ConfigMap, or the stage's): none may pick an AWS region or
+/// the token issuers (the pods get the environment's as QUILLA_AWS__REGION and QUILLA_AUTH__ISSUERS,
+/// checked on the pod), and a service's `environment.toml`, which QUILLA_CONFIG lists, exists.
 fn check_service_config(config_map: &Value, fail: &mut impl FnMut(String)) {
-    let Some(data) = config_map["data"].as_object().filter(|data| data.contains_key("config.toml")) else { return };
-    for (name, text) in data {
+    let Some(data) = config_map["data"].as_object() else { return };
+    for (name, text) in data.iter().filter(|(name, _)| name.ends_with(".toml")) {
         match text.as_str().unwrap_or_default().parse::<toml::Table>() {
             Ok(table) => {
                 if let Some(set) = table.get("aws").and_then(|aws| aws.get("region")) {
                     fail(format!("{name} sets aws.region {set}: the environment sets it (QUILLA_AWS__REGION)"));
                 }
+                if table.get("auth").and_then(|auth| auth.get("issuers")).is_some() {
+                    fail(format!(
+                        "{name} sets auth.issuers: the environment sets them from its host ({ISSUERS_VARIABLE})"
+                    ));
+                }
             }
             Err(error) => fail(format!("{name} is not TOML: {error}")),
         }
     }
-    if !data.contains_key("environment.toml") {
+    if data.contains_key("config.toml") && !data.contains_key("environment.toml") {
         fail("no environment.toml: QUILLA_CONFIG lists it (gitops/apps/<service>/environment.toml)".into());
     }
 }
@@ -465,6 +538,14 @@ mod tests {
         Rendered { source: "fixture".into(), object }
     }
 
+    /// QUILLA_AUTH__ISSUERS trusting `issuers`, each with its keys in a file, as the Deployments set it.
+    fn issuers(issuers: &[&str]) -> String {
+        let tables: Vec<String> = (issuers.iter())
+            .map(|issuer| format!("{{issuer = \"{issuer}\", jwks_file = \"/etc/quilla/auth/jwks.json\"}}"))
+            .collect();
+        format!("[{}]", tables.join(", "))
+    }
+
     const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
     /// A compliant prod environment: namespace, default deny, a Deployment with its PDB and HPA,
@@ -483,7 +564,8 @@ mod tests {
                         "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
                             "seccompProfile": {"type": "RuntimeDefault"}},
                         "containers": [{"name": "app", "image": format!("registry/quilla/app@{DIGEST}"),
-                            "env": [{"name": "QUILLA_AWS__REGION", "value": "eu-south-2"}],
+                            "env": [{"name": "QUILLA_AWS__REGION", "value": "eu-south-2"},
+                                {"name": ISSUERS_VARIABLE, "value": issuers(&["https://api.spain.example/auth"])}],
                             "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
                                 "capabilities": {"drop": ["ALL"]}},
                             "resources": {"requests": {"cpu": "1", "memory": "1Mi"},
@@ -615,7 +697,8 @@ mod tests {
         // A file:// reference in a plain value, and a ConfigMap as a source, are fine.
         let errors = errors_after(|o| {
             container(o)["env"] = json!([{"name": "QUILLA_DATABASE__URL", "value": "file:///var/run/secrets/quilla/database-url"},
-                {"name": "QUILLA_AWS__REGION", "value": "eu-south-2"}]);
+                {"name": "QUILLA_AWS__REGION", "value": "eu-south-2"},
+                {"name": ISSUERS_VARIABLE, "value": issuers(&["https://api.spain.example/auth"])}]);
             container(o)["envFrom"] = json!([{"configMapRef": {"name": "settings"}}]);
         });
         assert_eq!(errors, Vec::<String>::new());
@@ -707,6 +790,70 @@ mod tests {
     }
 
     #[test]
+    fn a_service_trusts_only_its_own_environments_token_issuer() {
+        let trusting = |list: &[&str]| {
+            let value = issuers(list);
+            move |o: &mut Vec<Value>| container(o)["env"][1]["value"] = json!(value)
+        };
+        // A Spain overlay naming Mexico's issuer: not this environment's, and another country's.
+        let mexico = trusting(&["https://api.mexico.example/auth"]);
+        refused(r#"trusts the token issuers ["https://api.mexico.example/auth"], expected exactly"#, mexico.clone());
+        refused("the issuer of mexico/prod (data residency)", mexico);
+        refused(
+            "the issuer of mexico/prod (data residency)",
+            trusting(&["https://api.spain.example/auth", "https://api.mexico.example/auth"]),
+        );
+        // Exactly its own: not another stage's of its country, another path or scheme, or none.
+        let dev = RegionFile { host: "api.dev.spain.example".into(), ..region("spain", "dev", "eu-south-2") };
+        let with_dev = [all(), vec![dev]].concat();
+        let mut objects = good();
+        container(&mut objects)["env"][1]["value"] = json!(issuers(&["https://api.dev.spain.example/auth"]));
+        let errors = check(&spain(), &objects.into_iter().map(rendered).collect::<Vec<_>>(), &with_dev);
+        assert!(errors.iter().any(|e| e.ends_with("the issuer of spain/dev")), "{errors:#?}");
+        refused(
+            r#"expected exactly ["https://api.spain.example/auth"]"#,
+            trusting(&["https://api.spain.example/other"]),
+        );
+        refused(r#"expected exactly ["https://api.spain.example/auth"]"#, trusting(&["http://api.spain.example/auth"]));
+        refused(r#"expected exactly ["https://api.spain.example/auth"]"#, trusting(&[]));
+        // An overlay's patch appending a second variable: the kubelet would keep that one.
+        refused("the issuer of mexico/prod (data residency)", |o| {
+            let mexico = json!({"name": ISSUERS_VARIABLE, "value": issuers(&["https://api.mexico.example/auth"])});
+            container(o)["env"].as_array_mut().expect("env").push(mexico);
+        });
+        refused("env QUILLA_AUTH__ISSUERS is not a plain value", |o| {
+            container(o)["env"][1] =
+                json!({"name": ISSUERS_VARIABLE, "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}});
+        });
+        refused("env QUILLA_AUTH__ISSUERS is missing", |o| {
+            container(o)["env"].as_array_mut().map(|env| env.remove(1));
+        });
+        refused("env QUILLA_AUTH__ISSUERS is not a list of issuer tables", |o| {
+            container(o)["env"][1]["value"] = json!("https://api.spain.example/auth");
+        });
+        refused("env QUILLA_AUTH__ISSUERS is not a list of issuer tables", |o| {
+            container(o)["env"][1]["value"] = json!(r#"[{jwks_file = "/etc/quilla/auth/jwks.json"}]"#);
+        });
+        // No configuration layer names issuers: the variable would override them anyway.
+        refused("environment.toml sets auth.issuers", |o| {
+            o[7]["data"]["environment.toml"] = json!("[[auth.issuers]]\nissuer = \"https://api.spain.example/auth\"\n");
+        });
+        refused("stage.toml sets auth.issuers", |o| {
+            o.push(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "quilla-stage-config", "namespace": "quilla"},
+                "data": {"stage.toml": "[auth]\nissuers = []\n"}}));
+        });
+        // A Job runs `migrate`, which reads no [auth].
+        let errors = errors_after(|o| {
+            let mut job = o[2].clone();
+            job["kind"] = json!("Job");
+            let container = &mut job["spec"]["template"]["spec"]["containers"][0];
+            container["env"].as_array_mut().map(|env| env.remove(1));
+            o.push(job);
+        });
+        assert_eq!(errors, Vec::<String>::new());
+    }
+
+    #[test]
     fn an_environments_tiers_sit_inside_its_vpc_apart_from_its_pods() {
         assert_eq!(check_region_file(&spain()), Vec::<String>::new());
         let with = |change: &dyn Fn(&mut RegionFile)| {
@@ -738,6 +885,10 @@ mod tests {
             container(o)["env"][0]["value"] = json!("mx-central-1");
         });
         refused("env QUILLA_AWS__REGION is None", |o| container(o)["env"] = json!([]));
+        refused("env QUILLA_AWS__REGION is Some(\"mx-central-1\")", |o| {
+            let mexico = json!({"name": "QUILLA_AWS__REGION", "value": "mx-central-1"});
+            container(o)["env"].as_array_mut().expect("env").push(mexico);
+        });
         refused("environment.toml sets aws.region", |o| {
             o[7]["data"]["environment.toml"] = json!("[aws]\nregion = \"eu-south-2\"\n");
         });
