@@ -402,7 +402,8 @@ pub fn check_image(service: &str, layout: &Path) -> Result<()> {
     // With nothing configured, startup must stop at config validation, naming the key.
     let serve = run_in_empty_root(&root.0, entrypoint, "serve")?;
     ensure!(serve.0 == Some(78), "{service} without config exited {:?}, expected 78: {}", serve.0, serve.2);
-    ensure!(serve.2.contains("`webhook.signing_key`"), "{service} config error does not name the key: {}", serve.2);
+    // Trusted token issuers are the first thing every environment must set (docs/adr/0010).
+    ensure!(serve.2.contains("`auth.issuers`"), "{service} config error does not name the key: {}", serve.2);
 
     if which("skopeo").is_some() {
         let status = Command::new("skopeo")
