@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+use crate::args::BenchArgs;
 use crate::infra::{Daemon, Durability, Postgres, ScratchDir};
 use crate::prereqs::{self, Needs};
 use crate::services::{self, Output, Profile, RunningService, SERVICES};
@@ -44,13 +45,9 @@ struct Cell {
     max: u64,
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let quick = args.iter().any(|a| a == "--quick");
-    let duration = match args.iter().position(|a| a == "--duration") {
-        Some(i) => Duration::from_secs(args.get(i + 1).context("--duration needs seconds")?.parse()?),
-        None if quick => Duration::from_secs(2),
-        None => Duration::from_secs(5),
-    };
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let quick = args.quick;
+    let duration = args.duration();
     prereqs::ensure(Needs { python_tools: false, wrk: true, nix: false, gitops: false })?;
     services::check_ports_free()?;
     let bin_dir = services::build(Profile::Release)?;

@@ -17,6 +17,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::args::ImagesArgs;
 use crate::infra::{ScratchDir, is_root, which};
 use crate::services::SERVICES;
 
@@ -97,8 +98,7 @@ struct Built {
     layout: PathBuf,
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let check = args.iter().any(|a| a == "--check");
+pub fn run(args: &ImagesArgs) -> Result<()> {
     let spec = ImageSpec::load()?;
     let out = images_dir();
     let binaries = build_static_binaries()?;
@@ -108,7 +108,7 @@ pub fn run(args: &[String]) -> Result<()> {
         built.push(write_layout(&spec, service, &binary, &out.join(service))?);
     }
     print_table(&built);
-    if check {
+    if args.check {
         for image in &built {
             check_image(image.service, &image.layout)?;
             println!("xtask: ok  {} image checks", image.service);

@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use platform::auth::dev::{DEV_ISSUER, DevIssuer, TokenRequest};
 
+use crate::args::TokenArgs;
+
 /// Every scope the services check: a local token may do anything its role allows.
 pub const SCOPES: &[&str] = &["transactions:read", "transactions:write", "notifications:read", "notifications:write"];
 
@@ -67,40 +69,16 @@ impl LocalIssuer {
 }
 
 /// `cargo xtask token --sub <user> [--role customer|service] [--ttl 15m]`: the token on the last
-/// line of stdout, what it holds on stderr.
-pub fn run(args: &[String]) -> Result<()> {
-    let mut subject = None;
-    let mut role = "customer".to_owned();
-    let mut ttl = Duration::from_secs(15 * 60);
-    let mut rest = args.iter();
-    while let Some(flag) = rest.next() {
-        let mut value = || rest.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--sub" => subject = Some(value()?.clone()),
-            "--role" => role = value()?.clone(),
-            "--ttl" => {
-                let text = value()?;
-                ttl = humantime::parse_duration(text).with_context(|| format!("--ttl `{text}`: e.g. 15m, 1h"))?;
-            }
-            other => bail!(
-                "unknown option `{other}`; usage: cargo xtask token --sub <user> [--role customer|service] [--ttl 15m]"
-            ),
-        }
-    }
-    let subject =
-        subject.context("--sub <user> is required: the user id the token acts for (or the service's name)")?;
-    if !matches!(role.as_str(), "customer" | "service") {
-        bail!("--role `{role}`: must be customer or service");
-    }
-    if ttl.is_zero() || ttl > Duration::from_secs(24 * 3600) {
-        bail!("--ttl must be between 1s and 24h");
-    }
+/// line of stdout, what it holds on stderr. The role and the TTL's range are checked by the parser.
+pub fn run(args: &TokenArgs) -> Result<()> {
+    let TokenArgs { sub: subject, role, ttl } = args;
+    let role = role.as_str();
     let issuer = LocalIssuer::load()?;
     eprintln!(
         "xtask: {role} token for `{subject}`, valid {}, scopes: {}",
-        humantime::format_duration(ttl),
+        humantime::format_duration(*ttl),
         SCOPES.join(" ")
     );
-    println!("{}", issuer.token(&subject, &role, ttl));
+    println!("{}", issuer.token(subject, role, *ttl));
     Ok(())
 }

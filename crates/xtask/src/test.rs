@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+use crate::args::{ImagesArgs, PodsArgs, TestArgs};
 use crate::infra::{Daemon, Durability, Postgres, which};
 use crate::prereqs::{self, Needs};
 
@@ -20,8 +21,7 @@ fn cargo(args: &[&str]) -> Command {
     command
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let nextest_args: Vec<&str> = args.iter().skip_while(|a| *a != "--").skip(1).map(String::as_str).collect();
+pub fn run(args: &TestArgs) -> Result<()> {
     let started = Instant::now();
     let mut steps = vec![
         Step { name: "rustfmt", command: cargo(&["fmt", "--all", "--", "--check"]) },
@@ -71,17 +71,17 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("xtask: ok  nix checks ({:.1?})", nix_started.elapsed());
     let images_started = Instant::now();
     println!("xtask: run images --check");
-    crate::images::run(&["--check".to_owned()]).context("image checks")?;
+    crate::images::run(&ImagesArgs { check: true }).context("image checks")?;
     println!("xtask: ok  images --check ({:.1?})", images_started.elapsed());
 
     let pods_started = Instant::now();
     println!("xtask: run pods");
-    crate::pods::run(&[]).context("pod-start test")?;
+    crate::pods::run(&PodsArgs::default()).context("pod-start test")?;
     println!("xtask: ok  pods ({:.1?})", pods_started.elapsed());
 
     let validate_started = Instant::now();
     println!("xtask: run validate");
-    crate::validate::run(&[]).context("GitOps validation")?;
+    crate::validate::run().context("GitOps validation")?;
     println!("xtask: ok  validate ({:.1?})", validate_started.elapsed());
 
     let infra_started = Instant::now();
@@ -97,7 +97,7 @@ pub fn run(args: &[String]) -> Result<()> {
     );
     let mut nextest = cargo(&["nextest", "run", "--workspace", "--all-features", "--no-fail-fast"]);
     nextest
-        .args(&nextest_args)
+        .args(&args.nextest)
         .env("QUILLA_TEST_DATABASE_URL", postgres.url("postgres"))
         .env("QUILLA_TEST_REDIS_URL", format!("redis://127.0.0.1:{}", redis.port))
         .env("QUILLA_TEST_AWS_ENDPOINT", format!("http://127.0.0.1:{}", moto.port))

@@ -714,8 +714,7 @@ fn spawn_in_pod(exe: &Path, exec_file: &Path, log: &Path) -> Result<Running> {
 
 /// `cargo xtask pod-exec <spec>` (internal): inside the new mount namespace, lay out the
 /// container's mounts and replace this process with the container's entrypoint.
-pub fn exec_in_pod(args: &[String]) -> Result<()> {
-    let file = args.first().context("pod-exec needs its spec file")?;
+pub fn exec_in_pod(file: &Path) -> Result<()> {
     let spec: ExecSpec = serde_json::from_slice(&std::fs::read(file)?)?;
     let root = &spec.root;
     let at = |path: &str| root.join(path.trim_start_matches('/'));

@@ -28,55 +28,26 @@ mod graph;
 mod kubelet;
 mod template;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use serde_json::Value;
 
+use crate::args::{ImagesArgs, PodsArgs};
 use crate::infra::{ScratchDir, is_root};
 use crate::validate::{self, Rendered};
 
 pub use kubelet::exec_in_pod;
 
-/// Parsed `cargo xtask pods` arguments.
-#[derive(Debug, Default)]
-struct Args {
-    /// Where the OCI layouts are (one directory per service); default: `cargo xtask images`'.
-    layouts: Option<PathBuf>,
-    /// Only this environment (`spain/dev`); default: all.
-    environment: Option<String>,
-    /// Skip the broken-copy self-check.
-    no_self_check: bool,
-}
-
-fn parse(args: &[String]) -> Result<Args> {
-    let mut parsed = Args::default();
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--layouts" => parsed.layouts = Some(args.next().context("--layouts needs a directory")?.into()),
-            "--environment" => {
-                parsed.environment = Some(args.next().context("--environment needs <region>/<stage>")?.clone());
-            }
-            "--no-self-check" => parsed.no_self_check = true,
-            other => {
-                bail!("pods: unknown argument `{other}` (known: --layouts DIR, --environment R/S, --no-self-check)")
-            }
-        }
-    }
-    Ok(parsed)
-}
-
-pub fn run(args: &[String]) -> Result<()> {
-    let args = parse(args)?;
+pub fn run(args: &PodsArgs) -> Result<()> {
     ensure!(is_root(), "cargo xtask pods needs root (mount namespace, chroot, the pod's user)");
     crate::prereqs::ensure(crate::prereqs::Needs { python_tools: true, wrk: false, nix: false, gitops: true })?;
-    let layouts = match args.layouts {
-        Some(dir) => dir,
+    let layouts = match &args.layouts {
+        Some(dir) => dir.clone(),
         None => {
             let dir = crate::images::images_dir();
             if !dir.join(crate::services::SERVICES[0].name).join("index.json").is_file() {
-                crate::images::run(&[])?;
+                crate::images::run(&ImagesArgs::default())?;
             }
             dir
         }
@@ -219,11 +190,5 @@ mod tests {
             "notification-service"
         );
         assert_eq!(image_service("registry:5000/quilla/x:1.2"), "x");
-    }
-
-    #[test]
-    fn unknown_arguments_are_refused() {
-        let error = parse(&["--layout".to_owned(), "x".to_owned()]).expect_err("typo");
-        assert!(error.to_string().contains("--layout"), "{error}");
     }
 }

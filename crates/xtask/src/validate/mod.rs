@@ -37,7 +37,7 @@ use policy::RegionFile;
 /// Argo CD source paths rendered besides the environments.
 const ARGOCD_PATHS: &[&str] = &[argocd::ARGOCD_DIR, argocd::ADDONS_PLATFORM_DIR];
 
-pub fn run(_args: &[String]) -> Result<()> {
+pub fn run() -> Result<()> {
     crate::prereqs::ensure(crate::prereqs::Needs { python_tools: true, wrk: false, nix: false, gitops: true })?;
     schemas::ensure_tools()?;
     validate_tree(&crate::workspace_root())
