@@ -140,8 +140,7 @@ pub struct TestIssuer {
 }
 
 /// Every scope the services check, granted to the tokens tests make by default.
-pub const ALL_SCOPES: &[&str] =
-    &["transactions:read", "transactions:write", "notifications:read", "notifications:write"];
+pub use crate::auth::dev::SCOPES as ALL_SCOPES;
 
 impl Default for TestIssuer {
     fn default() -> Self {
@@ -178,7 +177,7 @@ impl TestIssuer {
 
     /// `auth.issuers` as one environment variable value (figment's inline syntax).
     pub fn issuers_env(&self) -> String {
-        format!("[{{issuer=\"{}\", jwks_file=\"{}\"}}]", self.issuer.issuer(), self.jwks_path.display())
+        crate::auth::dev::issuers_env(self.issuer.issuer(), &self.jwks_path)
     }
 
     /// The `[[auth.issuers]]` entry trusting this issuer, as a config layer.
@@ -196,7 +195,7 @@ impl TestIssuer {
             subject,
             roles,
             scopes,
-            audience: &["transaction-api", "notification-service"],
+            audience: crate::auth::dev::AUDIENCES,
             ttl: Duration::from_secs(3600),
         })
     }

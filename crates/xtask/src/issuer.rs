@@ -7,12 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use platform::auth::dev::{DEV_ISSUER, DevIssuer, TokenRequest};
+use platform::auth::dev::{AUDIENCES, DEV_ISSUER, DevIssuer, SCOPES, TokenRequest};
 
 use crate::args::TokenArgs;
-
-/// Every scope the services check: a local token may do anything its role allows.
-pub const SCOPES: &[&str] = &["transactions:read", "transactions:write", "notifications:read", "notifications:write"];
 
 /// The issuer's files: its private key (mode 0600) and the JWKS the services read.
 #[derive(Debug)]
@@ -53,18 +50,12 @@ impl LocalIssuer {
 
     /// `auth.issuers` for the services, as one environment variable (figment's inline syntax).
     pub fn issuers_env(&self) -> String {
-        format!("[{{issuer=\"{}\", jwks_file=\"{}\"}}]", self.issuer.issuer(), self.dir.join("jwks.json").display())
+        platform::auth::dev::issuers_env(self.issuer.issuer(), &self.dir.join("jwks.json"))
     }
 
     /// A token for both services.
     pub fn token(&self, subject: &str, role: &str, ttl: Duration) -> String {
-        self.issuer.token(&TokenRequest {
-            subject,
-            roles: &[role],
-            scopes: SCOPES,
-            audience: &["transaction-api", "notification-service"],
-            ttl,
-        })
+        self.issuer.token(&TokenRequest { subject, roles: &[role], scopes: SCOPES, audience: AUDIENCES, ttl })
     }
 }
 

@@ -15,6 +15,19 @@ use sha2::{Digest, Sha256};
 /// The `iss` of every dev token, and the audience list that lets one token call every service.
 pub const DEV_ISSUER: &str = "https://dev-issuer.quilla.localhost";
 
+/// Every scope the services check: dev tokens are granted all of them (their role still limits
+/// whose data they reach).
+pub const SCOPES: &[&str] = &["transactions:read", "transactions:write", "notifications:read", "notifications:write"];
+
+/// The audiences of a dev token: one token calls every service.
+pub const AUDIENCES: &[&str] = &["transaction-api", "notification-service"];
+
+/// `auth.issuers` trusting `issuer` with keys in `jwks_file`, as one environment variable value
+/// (`QUILLA_AUTH__ISSUERS`, figment's inline syntax).
+pub fn issuers_env(issuer: &str, jwks_file: &std::path::Path) -> String {
+    format!("[{{issuer=\"{issuer}\", jwks_file=\"{}\"}}]", jwks_file.display())
+}
+
 /// What a token says about its holder.
 #[derive(Debug, Clone)]
 pub struct TokenRequest<'a> {
