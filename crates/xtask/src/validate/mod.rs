@@ -40,12 +40,13 @@ const ARGOCD_PATHS: &[&str] = &[argocd::ARGOCD_DIR, argocd::ADDONS_PLATFORM_DIR]
 pub fn run() -> Result<()> {
     crate::prereqs::ensure(crate::prereqs::Needs { python_tools: true, wrk: false, nix: false, gitops: true })?;
     schemas::ensure_tools()?;
-    validate_tree(&crate::workspace_root())
+    validate_tree(&crate::workspace_root(), &schemas::upstream_crds()?)
 }
 
-/// Validates the GitOps tree under `root` (its `environments/`, `gitops/` and `.checkov.yaml`); the
-/// validators themselves come from the workspace. The error lists every problem of the failing step.
-pub fn validate_tree(root: &Path) -> Result<()> {
+/// Validates the GitOps tree under `root` (its `environments/`, `gitops/` and `.checkov.yaml`), custom
+/// resources against the upstream CRD files under `crds`; the validators themselves come from the
+/// workspace. The error lists every problem of the failing step.
+pub fn validate_tree(root: &Path, crds: &Path) -> Result<()> {
     let environments = environments(root)?;
     let regions: Vec<RegionFile> = environments.iter().map(|(_, region)| region.clone()).collect();
     let mut failures = Vec::new();
@@ -61,7 +62,7 @@ pub fn validate_tree(root: &Path) -> Result<()> {
         println!("xtask: rendered {dir}: {} objects", objects.len());
         everything.extend(objects);
     }
-    failures.extend(schemas::validate(&everything)?);
+    failures.extend(schemas::validate(&everything, crds)?);
     failures.extend(argocd::check(&everything, &regions));
     refuse(failures, "schemas, policy or residency")?;
     println!("xtask: {} objects valid against their schemas and the policy", everything.len());
@@ -201,7 +202,8 @@ mod tests {
 
         /// The error `validate_tree` gives for this copy, or a panic when the copy passes.
         fn failure(&self) -> String {
-            format!("{:#}", validate_tree(self.root()).expect_err("the broken tree passed validation"))
+            let error = validate_tree(self.root(), &crds()).expect_err("the broken tree passed validation");
+            format!("{error:#}")
         }
     }
 
@@ -221,6 +223,11 @@ mod tests {
         schemas::ensure_tools().expect("npm packages");
     }
 
+    /// The upstream CRD files (`QUILLA_UPSTREAM_CRDS`, or shared/schemas beside the repository).
+    fn crds() -> PathBuf {
+        schemas::upstream_crds().expect("upstream CRD files")
+    }
+
     /// The error of the whole validation over a copy of the tree with each `(file, from, to)` edit made.
     fn failure_after(edits: &[(&str, &str, &str)]) -> String {
         tools();
@@ -234,7 +241,7 @@ mod tests {
     #[test]
     fn the_copied_tree_passes() {
         tools();
-        validate_tree(TreeCopy::new().root()).expect("the repository's tree is valid");
+        validate_tree(TreeCopy::new().root(), &crds()).expect("the repository's tree is valid");
     }
 
     #[test]
