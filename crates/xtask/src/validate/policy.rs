@@ -1,5 +1,23 @@
-//! Policy rules over one environment's rendered objects: pod security, probes, resources, images,
-//! network isolation, no Secrets, prod availability and data residency.
+//! Policy rules over one environment's rendered objects: what checkov cannot say about them (the image's
+//! user, digests and their placeholder, network isolation and the call graph, CIDRs, no Secrets, prod
+//! availability, secret prefixes, token issuers and data residency).
+//!
+//! The pod-security rules checkov enforces over the same rendered objects (security.rs, `.checkov.yaml`
+//! skips nothing) are not repeated here; these checkov ids replaced these rules of ours:
+//! - automountServiceAccountToken false: CKV_K8S_38
+//! - no host PID, IPC or network namespace: CKV_K8S_17, CKV_K8S_18, CKV_K8S_19
+//! - seccompProfile RuntimeDefault: CKV_K8S_31
+//! - allowPrivilegeEscalation false: CKV_K8S_20; not privileged: CKV_K8S_16
+//! - readOnlyRootFilesystem: CKV_K8S_22
+//! - capabilities drop ALL: CKV_K8S_37; none added: CKV_K8S_25
+//! - CPU and memory requests and limits: CKV_K8S_10, CKV_K8S_11, CKV_K8S_12, CKV_K8S_13
+//! - liveness and readiness probes (not on Jobs): CKV_K8S_8, CKV_K8S_9
+//! - no Secret in an environment variable (`env` or `envFrom`): CKV_K8S_35
+//! - no `latest` or missing tag: CKV_K8S_14; images by digest: CKV_K8S_43 (every stage, not only prod)
+//!
+//! Kept although checkov has a neighbour: `runAsNonRoot: true` (CKV_K8S_23 passes `false` with a
+//! non-zero UID; the restricted Pod Security Standard the namespace enforces does not) and
+//! `runAsUser: 65532` (CKV_K8S_40 asks for any UID above 10000, not the image's user).
 
 use ipnet::Ipv4Net;
 use serde::Deserialize;
@@ -73,11 +91,9 @@ pub fn check(region: &RegionFile, objects: &[Rendered], all: &[RegionFile]) -> V
         match object["kind"].as_str().unwrap_or_default() {
             "Secret" => fail("a Secret in git: credentials must come from an ExternalSecret".into()),
             "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => {
-                // A Job serves nothing that a probe could ask about.
-                let serves = object["kind"] != "Job";
-                check_pod(&object["spec"]["template"]["spec"], region, serves, &mut fail);
+                check_pod(&object["spec"]["template"]["spec"], region, &mut fail);
                 // `migrate`, all a Job runs, reads no [auth].
-                if serves {
+                if object["kind"] != "Job" {
                     check_issuers(&object["spec"]["template"]["spec"], region, all, &mut fail);
                 }
             }
@@ -185,13 +201,7 @@ fn remote_keys(external_secret: &Value) -> impl Iterator<Item = &str> {
     data.chain(data_from).filter_map(Value::as_str)
 }
 
-fn check_pod(pod: &Value, region: &RegionFile, serves: bool, fail: &mut impl FnMut(String)) {
-    if pod["automountServiceAccountToken"] != Value::Bool(false) {
-        fail("automountServiceAccountToken must be false".into());
-    }
-    if pod["hostNetwork"] == true || pod["hostPID"] == true || pod["hostIPC"] == true {
-        fail("host namespaces are forbidden".into());
-    }
+fn check_pod(pod: &Value, region: &RegionFile, fail: &mut impl FnMut(String)) {
     let pod_security = &pod["securityContext"];
     let containers = pod["initContainers"].as_array().into_iter().chain(pod["containers"].as_array()).flatten();
     for container in containers {
@@ -207,49 +217,9 @@ fn check_pod(pod: &Value, region: &RegionFile, serves: bool, fail: &mut impl FnM
         if effective("runAsUser") != 65532 {
             fail("runAsUser must be 65532 (the image's non-root user)");
         }
-        if effective("seccompProfile")["type"] != "RuntimeDefault" {
-            fail("seccompProfile must be RuntimeDefault");
-        }
-        if security["allowPrivilegeEscalation"] != false {
-            fail("allowPrivilegeEscalation must be false");
-        }
-        if security["privileged"] == true {
-            fail("privileged is forbidden");
-        }
-        if security["readOnlyRootFilesystem"] != true {
-            fail("readOnlyRootFilesystem must be true");
-        }
-        let drops = security["capabilities"]["drop"].as_array().cloned().unwrap_or_default();
-        if !drops.iter().any(|capability| capability == "ALL") {
-            fail("capabilities must drop ALL");
-        }
-        if security["capabilities"]["add"].as_array().is_some_and(|added| !added.is_empty()) {
-            fail("no capability may be added");
-        }
-        for kind in ["requests", "limits"] {
-            for resource in ["cpu", "memory"] {
-                if container["resources"][kind][resource].is_null() {
-                    fail(&format!("resources.{kind}.{resource} is missing"));
-                }
-            }
-        }
-        for probe in ["readinessProbe", "livenessProbe"] {
-            if serves && container[probe].is_null() {
-                fail(&format!("{probe} is missing"));
-            }
-        }
-        let secret_variables = (container["env"].as_array().into_iter().flatten())
-            .filter(|variable| variable["valueFrom"]["secretKeyRef"].is_object())
-            .map(|variable| variable["name"].as_str().unwrap_or("<unnamed>"));
-        for name in secret_variables {
-            fail(&format!("env {name} reads a Secret: mount it and pass a file:// reference instead"));
-        }
-        if container["envFrom"].as_array().into_iter().flatten().any(|source| source["secretRef"].is_object()) {
-            fail("envFrom reads a Secret: mount it and pass file:// references instead");
-        }
         let image = container["image"].as_str().unwrap_or_default();
-        if let Some(problem) = image_problem(image, region.stage == "prod") {
-            fail(&format!("image `{image}`: {problem}"));
+        if image_digest_malformed(image) {
+            fail(&format!("image `{image}`: malformed digest (sha256: and 64 lowercase hex digits)"));
         }
         let placeholder = image.ends_with(&format!("@{PLACEHOLDER_DIGEST}"));
         match region.images {
@@ -329,30 +299,13 @@ fn trusted_issuers(value: &str) -> Result<Vec<String>, String> {
         .collect()
 }
 
-/// Why an image reference is not acceptable, if it is not.
-fn image_problem(image: &str, require_digest: bool) -> Option<&'static str> {
-    let (name, digest) = match image.split_once('@') {
-        Some((name, digest)) => (name, Some(digest)),
-        None => (image, None),
-    };
-    if let Some(digest) = digest {
+/// Whether `image` names a digest that is not `sha256:` and 64 lowercase hex digits (checkov's
+/// CKV_K8S_43 only asks for an `@`).
+fn image_digest_malformed(image: &str) -> bool {
+    image.split_once('@').is_some_and(|(_, digest)| {
         let hex = digest.strip_prefix("sha256:").unwrap_or_default();
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-            return Some("malformed digest");
-        }
-    }
-    let last_segment = name.rsplit('/').next().unwrap_or(name);
-    let tag = last_segment.split_once(':').map(|(_, tag)| tag);
-    if tag == Some("latest") {
-        return Some("the `latest` tag is forbidden");
-    }
-    if require_digest && digest.is_none() {
-        return Some("prod images must be pinned by digest");
-    }
-    if digest.is_none() && tag.is_none() {
-        return Some("no tag or digest (that means `latest`)");
-    }
-    None
+        hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    })
 }
 
 fn check_namespace(namespace: &Value, objects: &[Rendered], fail: &mut impl FnMut(String)) {
@@ -613,20 +566,24 @@ mod tests {
     }
 
     #[test]
-    fn a_job_needs_pod_security_but_no_probes() {
-        let errors = errors_after(|o| {
+    fn a_job_runs_as_the_images_user_and_trusts_no_issuer() {
+        let job = |o: &mut Vec<Value>| {
             let mut job = o[2].clone();
             job["kind"] = json!("Job");
             let container = &mut job["spec"]["template"]["spec"]["containers"][0];
-            container.as_object_mut().map(|c| (c.remove("readinessProbe"), c.remove("livenessProbe")));
-            o.push(job);
-        });
-        assert_eq!(errors, Vec::<String>::new());
-        refused("readOnlyRootFilesystem must be true", |o| {
-            let mut job = o[2].clone();
-            job["kind"] = json!("Job");
-            job["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] =
-                json!(false);
+            container["env"].as_array_mut().map(|env| env.remove(1));
+            job
+        };
+        assert_eq!(
+            errors_after(|o| {
+                let job = job(o);
+                o.push(job);
+            }),
+            Vec::<String>::new()
+        );
+        refused("runAsUser must be 65532", |o| {
+            let mut job = job(o);
+            job["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = json!(0);
             o.push(job);
         });
     }
@@ -664,69 +621,27 @@ mod tests {
         });
     }
 
+    /// The rest of pod security (privileges, capabilities, seccomp, read-only root, token mount,
+    /// resources, probes, Secrets in variables, `latest`) is checkov's: security.rs tests that it is found.
     #[test]
-    fn pod_security_rules_are_enforced() {
+    fn pods_run_as_the_images_non_root_user() {
         refused("runAsNonRoot", |o| o[2]["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] = json!(false));
+        refused("runAsNonRoot", |o| {
+            o[2]["spec"]["template"]["spec"]["securityContext"].as_object_mut().map(|s| s.remove("runAsNonRoot"));
+        });
         refused("runAsUser", |o| container(o)["securityContext"]["runAsUser"] = json!(0));
-        refused("readOnlyRootFilesystem", |o| container(o)["securityContext"]["readOnlyRootFilesystem"] = json!(false));
-        refused("allowPrivilegeEscalation", |o| {
-            container(o)["securityContext"].as_object_mut().map(|s| s.remove("allowPrivilegeEscalation"));
-        });
-        refused("drop ALL", |o| container(o)["securityContext"]["capabilities"]["drop"] = json!(["NET_RAW"]));
-        refused("no capability may be added", |o| {
-            container(o)["securityContext"]["capabilities"]["add"] = json!(["NET_ADMIN"]);
-        });
-        refused("seccompProfile", |o| {
-            o[2]["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]["type"] = json!("Unconfined");
-        });
-        refused("automountServiceAccountToken", |o| {
-            o[2]["spec"]["template"]["spec"]["automountServiceAccountToken"] = json!(true);
-        });
-        refused("privileged", |o| container(o)["securityContext"]["privileged"] = json!(true));
+        refused("runAsUser", |o| o[2]["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = json!(10001));
     }
 
     #[test]
-    fn credentials_are_files_not_environment_variables() {
-        refused("env QUILLA_DATABASE__URL reads a Secret", |o| {
-            container(o)["env"] = json!([{"name": "QUILLA_DATABASE__URL",
-                "valueFrom": {"secretKeyRef": {"name": "credentials", "key": "database-url"}}}]);
-        });
-        refused("envFrom reads a Secret", |o| {
-            container(o)["envFrom"] = json!([{"secretRef": {"name": "credentials"}}])
-        });
-        // A file:// reference in a plain value, and a ConfigMap as a source, are fine.
-        let errors = errors_after(|o| {
-            container(o)["env"] = json!([{"name": "QUILLA_DATABASE__URL", "value": "file:///var/run/secrets/quilla/database-url"},
-                {"name": "QUILLA_AWS__REGION", "value": "eu-south-2"},
-                {"name": ISSUERS_VARIABLE, "value": issuers(&["https://api.spain.example/auth"])}]);
-            container(o)["envFrom"] = json!([{"configMapRef": {"name": "settings"}}]);
-        });
-        assert_eq!(errors, Vec::<String>::new());
-    }
-
-    #[test]
-    fn resources_and_probes_are_required() {
-        refused("resources.limits.memory", |o| {
-            container(o)["resources"]["limits"].as_object_mut().map(|l| l.remove("memory"));
-        });
-        refused("resources.requests.cpu", |o| {
-            container(o)["resources"]["requests"].as_object_mut().map(|r| r.remove("cpu"));
-        });
-        refused("readinessProbe", |o| {
-            container(o).as_object_mut().map(|c| c.remove("readinessProbe"));
-        });
-        refused("livenessProbe", |o| {
-            container(o).as_object_mut().map(|c| c.remove("livenessProbe"));
-        });
-    }
-
-    #[test]
-    fn images_are_pinned() {
-        refused("pinned by digest", |o| container(o)["image"] = json!("registry/quilla/app:1.2.3"));
-        refused("latest", |o| container(o)["image"] = json!("registry/quilla/app:latest"));
+    fn image_digests_are_well_formed() {
         refused("malformed digest", |o| container(o)["image"] = json!("registry/quilla/app@sha256:abc"));
-        assert_eq!(image_problem("registry:5000/quilla/app:1.2.3", false), None);
-        assert_eq!(image_problem("registry:5000/quilla/app", false), Some("no tag or digest (that means `latest`)"));
+        refused("malformed digest", |o| {
+            container(o)["image"] = json!(format!("registry/quilla/app@md5:{}", &DIGEST[7..]))
+        });
+        assert!(!image_digest_malformed("registry:5000/quilla/app:1.2.3"));
+        assert!(!image_digest_malformed(&format!("registry:5000/quilla/app@{DIGEST}")));
+        assert!(image_digest_malformed(&format!("registry/quilla/app@{}", DIGEST.to_uppercase())));
     }
 
     #[test]
