@@ -339,4 +339,43 @@ mod tests {
             "{error}"
         );
     }
+
+    #[test]
+    fn chaos_experiments_in_a_prod_overlay_fail_the_policy() {
+        let error = failure_after(&[(
+            "environments/spain/prod/kustomization.yaml",
+            "  - ../../../gitops/apps/notification-service\n",
+            "  - ../../../gitops/apps/notification-service\n  - ../../../gitops/chaos\n",
+        )]);
+        assert!(
+            error.contains(
+                "environments/spain/prod: PodChaos quilla/transaction-api-pod-kill: a chaos experiment in prod"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_chaos_experiment_naming_no_existing_alert_fails() {
+        let error = failure_after(&[(
+            "gitops/chaos/webhook-delay.yaml",
+            "quilla.io/expected-alert: QuillaOutboxBacklogGrowing",
+            "quilla.io/expected-alert: QuillaWebhookSlow",
+        )]);
+        assert!(
+            error.contains(
+                "environments/mexico/dev: NetworkChaos quilla/webhook-delay: quilla.io/expected-alert `QuillaWebhookSlow` \
+                 is not an alert"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_chaos_field_fails_its_upstream_crd() {
+        let error =
+            failure_after(&[("gitops/chaos/transaction-api-pod-kill.yaml", "gracePeriod: 0", "gracePeriods: 0")]);
+        assert!(error.contains("environments/spain/dev: PodChaos quilla/transaction-api-pod-kill: /spec: "), "{error}");
+        assert!(error.contains("'gracePeriods' was unexpected"), "{error}");
+    }
 }

@@ -36,6 +36,12 @@ const SCRAPER_NAMESPACES: &[&str] = &["monitoring"];
 /// `<this>/<region>/<region>-bundle.pem` (docs/adr/0008).
 const RDS_TRUST_STORE: &str = "https://truststore.pki.rds.amazonaws.com/";
 
+/// Chaos Mesh's API group (`chaos-mesh.org/v1alpha1`): the experiments of gitops/chaos.
+const CHAOS_GROUP: &str = "chaos-mesh.org/";
+
+/// The annotation naming the alert a chaos experiment must fire (an `alert` of a PrometheusRule).
+const EXPECTED_ALERT: &str = "quilla.io/expected-alert";
+
 /// The token issuers a service trusts: set on every Deployment, `https://<host>/auth` with
 /// region.yaml's host put in by gitops/components/environment. Figment's inline syntax, which our
 /// value keeps within TOML's, so it is read here as a TOML value.
@@ -133,6 +139,9 @@ pub fn check(region: &RegionFile, objects: &[Rendered], all: &[RegionFile]) -> V
             "ConfigMap" => check_service_config(object, &mut fail),
             "ExternalSecret" => check_external_secret(object, objects, region, &mut fail),
             _ => {}
+        }
+        if object["apiVersion"].as_str().is_some_and(|version| version.starts_with(CHAOS_GROUP)) {
+            check_chaos(object, objects, region, &mut fail);
         }
         if region.stage == "prod" && object["kind"] == "Deployment" && !has_disruption_budget(object, objects) {
             fail("prod Deployment without a PodDisruptionBudget selecting its pods".into());
@@ -238,6 +247,67 @@ fn check_pod(pod: &Value, region: &RegionFile, fail: &mut impl FnMut(String)) {
         }
         for aws_region in aws_regions.into_iter().filter(|set| *set != Some(region.aws_region.as_str())) {
             fail(&format!("env QUILLA_AWS__REGION is {aws_region:?}, expected `{}`", region.aws_region));
+        }
+    }
+}
+
+/// A Chaos Mesh experiment (or Schedule) runs only outside prod, names an alert of a PrometheusRule the
+/// environment renders, and disturbs only what the NetworkPolicies allow: traffic along an allowed
+/// call, or to the environment's data tier.
+fn check_chaos(object: &Value, objects: &[Rendered], region: &RegionFile, fail: &mut impl FnMut(String)) {
+    if region.stage == "prod" {
+        fail("a chaos experiment in prod: gitops/chaos is for dev environments only".into());
+    }
+    let alerts: Vec<&str> = (objects.iter())
+        .filter(|rendered| rendered.object["kind"] == "PrometheusRule")
+        .flat_map(|rendered| rendered.object["spec"]["groups"].as_array().into_iter().flatten())
+        .flat_map(|group| group["rules"].as_array().into_iter().flatten())
+        .filter_map(|rule| rule["alert"].as_str())
+        .collect();
+    match object["metadata"]["annotations"][EXPECTED_ALERT].as_str() {
+        None => fail(format!("no {EXPECTED_ALERT} annotation: name the alert this experiment must fire")),
+        Some(alert) if !alerts.contains(&alert) => {
+            fail(format!("{EXPECTED_ALERT} `{alert}` is not an alert of the environment's PrometheusRules"));
+        }
+        Some(_) => {}
+    }
+    // A Schedule carries its experiment's spec under the kind's camelCase name (`networkChaos`).
+    let spec = match object["kind"].as_str() {
+        Some("Schedule") => &object["spec"]["networkChaos"],
+        Some("NetworkChaos") => &object["spec"],
+        _ => return,
+    };
+    if spec.is_null() {
+        return;
+    }
+    let name = |selector: &Value| selector["labelSelectors"]["app.kubernetes.io/name"].as_str().map(str::to_owned);
+    let source = name(&spec["selector"]);
+    if !spec["target"].is_null() {
+        let target = name(&spec["target"]["selector"]);
+        let call = match spec["direction"].as_str().unwrap_or("to") {
+            "to" => (source.clone(), target),
+            "from" => (target, source.clone()),
+            _ => (None, None),
+        };
+        let allowed = match &call {
+            (Some(caller), Some(callee)) => ALLOWED_CALLS.contains(&(caller.as_str(), callee.as_str())),
+            _ => false,
+        };
+        if !allowed {
+            fail(format!(
+                "NetworkChaos between {:?} and {:?} (direction {}) is not along an allowed call {ALLOWED_CALLS:?}",
+                call.0,
+                call.1,
+                spec["direction"].as_str().unwrap_or("to")
+            ));
+        }
+    }
+    for external in spec["externalTargets"].as_array().into_iter().flatten() {
+        if external.as_str() != Some(region.data_cidr.as_str()) {
+            fail(format!(
+                "NetworkChaos external target {external} is not the environment's data tier {}",
+                region.data_cidr
+            ));
         }
     }
 }
@@ -842,5 +912,69 @@ mod tests {
             o[5]["spec"]["ingress"][0]["from"] = json!([{"ipBlock": {"cidr": "10.0.16.0/20"}}]);
         });
         refused("config.toml is not TOML", |o| o[7]["data"]["config.toml"] = json!("[telemetry\n"));
+    }
+
+    /// The webhook-path delay of gitops/chaos: transaction-api → notification-service.
+    fn webhook_delay() -> Value {
+        json!({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos",
+            "metadata": {"name": "webhook-delay", "namespace": "quilla",
+                "annotations": {EXPECTED_ALERT: "QuillaOutboxBacklogGrowing"}},
+            "spec": {"action": "delay", "mode": "all", "direction": "to",
+                "selector": {"labelSelectors": {"app.kubernetes.io/name": "transaction-api"}},
+                "target": {"mode": "all", "selector": {"labelSelectors": {"app.kubernetes.io/name": "notification-service"}}},
+                "delay": {"latency": "3s"}}})
+    }
+
+    /// The errors of `experiments` in `region`, beside a PrometheusRule with the alert they name.
+    fn chaos_errors(region: &RegionFile, experiments: Vec<Value>) -> Vec<String> {
+        let rule = json!({"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": {"name": "quilla", "namespace": "quilla"},
+            "spec": {"groups": [{"name": "g", "rules": [{"alert": "QuillaOutboxBacklogGrowing", "expr": "vector(1)"}]}]}});
+        let objects: Vec<Rendered> = experiments.into_iter().chain([rule]).map(rendered).collect();
+        check(region, &objects, &all())
+    }
+
+    #[test]
+    fn chaos_experiments_run_in_dev_name_a_real_alert_and_follow_the_call_graph() {
+        let dev = region("spain", "dev", "eu-south-2");
+        let refused = |region: &RegionFile, expected: &str, change: &dyn Fn(&mut Value)| {
+            let mut experiment = webhook_delay();
+            change(&mut experiment);
+            let errors = chaos_errors(region, vec![experiment]);
+            assert!(errors.iter().any(|e| e.contains(expected)), "expected `{expected}` among {errors:#?}");
+        };
+        assert_eq!(chaos_errors(&dev, vec![webhook_delay()]), Vec::<String>::new());
+        refused(&spain(), "a chaos experiment in prod", &|_| {});
+        refused(&dev, "no quilla.io/expected-alert annotation", &|e| e["metadata"]["annotations"] = json!({}));
+        refused(&dev, "`QuillaNoSuchAlert` is not an alert", &|e| {
+            e["metadata"]["annotations"][EXPECTED_ALERT] = json!("QuillaNoSuchAlert");
+        });
+        // The reverse call, by selector or by direction, is not one the NetworkPolicies allow.
+        refused(&dev, "is not along an allowed call", &|e| {
+            e["spec"]["target"]["selector"]["labelSelectors"]["app.kubernetes.io/name"] = json!("transaction-api");
+            e["spec"]["selector"]["labelSelectors"]["app.kubernetes.io/name"] = json!("notification-service");
+        });
+        refused(&dev, "is not along an allowed call", &|e| e["spec"]["direction"] = json!("from"));
+        refused(&dev, "is not along an allowed call", &|e| e["spec"]["direction"] = json!("both"));
+        // Outside the cluster, only the data tier.
+        refused(&dev, "external target \"10.0.128.0/17\" is not the environment's data tier 10.0.16.0/20", &|e| {
+            e["spec"]["externalTargets"] = json!(["10.0.128.0/17"]);
+        });
+        let unreachable = |e: &mut Value| e["spec"]["externalTargets"] = json!(["10.0.16.0/20"]);
+        let mut database = webhook_delay();
+        database["spec"].as_object_mut().map(|spec| spec.remove("target"));
+        unreachable(&mut database);
+        assert_eq!(chaos_errors(&dev, vec![database]), Vec::<String>::new());
+        // A Schedule's experiment is held to the same.
+        let schedule = |spec: Value| {
+            json!({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule",
+                "metadata": {"name": "weekly", "namespace": "quilla", "annotations": {EXPECTED_ALERT: "QuillaOutboxBacklogGrowing"}},
+                "spec": {"schedule": "0 10 * * 2", "type": "NetworkChaos", "networkChaos": spec}})
+        };
+        assert_eq!(chaos_errors(&dev, vec![schedule(webhook_delay()["spec"].clone())]), Vec::<String>::new());
+        let mut reverse = webhook_delay()["spec"].clone();
+        reverse["direction"] = json!("from");
+        let errors = chaos_errors(&dev, vec![schedule(reverse)]);
+        assert!(errors.iter().any(|e| e.contains("Schedule quilla/weekly: NetworkChaos between")), "{errors:#?}");
     }
 }
