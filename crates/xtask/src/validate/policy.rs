@@ -252,8 +252,9 @@ fn check_pod(pod: &Value, region: &RegionFile, fail: &mut impl FnMut(String)) {
 }
 
 /// A Chaos Mesh experiment (or Schedule) runs only outside prod, names an alert of a PrometheusRule the
-/// environment renders, and disturbs only what the NetworkPolicies allow: traffic along an allowed
-/// call, or to the environment's data tier.
+/// environment renders, and disturbs only what the NetworkPolicies allow: the traffic of an allowed
+/// call (its requests or its replies: any `direction` between the caller and the callee), or to the
+/// environment's data tier.
 fn check_chaos(object: &Value, objects: &[Rendered], region: &RegionFile, fail: &mut impl FnMut(String)) {
     if region.stage == "prod" {
         fail("a chaos experiment in prod: gitops/chaos is for dev environments only".into());
@@ -284,21 +285,14 @@ fn check_chaos(object: &Value, objects: &[Rendered], region: &RegionFile, fail: 
     let source = name(&spec["selector"]);
     if !spec["target"].is_null() {
         let target = name(&spec["target"]["selector"]);
-        let call = match spec["direction"].as_str().unwrap_or("to") {
-            "to" => (source.clone(), target),
-            "from" => (target, source.clone()),
-            _ => (None, None),
-        };
-        let allowed = match &call {
-            (Some(caller), Some(callee)) => ALLOWED_CALLS.contains(&(caller.as_str(), callee.as_str())),
+        let allowed = match (&source, &target) {
+            (Some(one), Some(other)) => (ALLOWED_CALLS.iter())
+                .any(|&(caller, callee)| (caller, callee) == (one, other) || (callee, caller) == (one, other)),
             _ => false,
         };
         if !allowed {
             fail(format!(
-                "NetworkChaos between {:?} and {:?} (direction {}) is not along an allowed call {ALLOWED_CALLS:?}",
-                call.0,
-                call.1,
-                spec["direction"].as_str().unwrap_or("to")
+                "NetworkChaos between {source:?} and {target:?} is not along an allowed call {ALLOWED_CALLS:?}"
             ));
         }
     }
@@ -949,13 +943,22 @@ mod tests {
         refused(&dev, "`QuillaNoSuchAlert` is not an alert", &|e| {
             e["metadata"]["annotations"][EXPECTED_ALERT] = json!("QuillaNoSuchAlert");
         });
-        // The reverse call, by selector or by direction, is not one the NetworkPolicies allow.
+        // Either end of the allowed call may be the selector, in any direction (requests or replies).
+        for direction in ["to", "from", "both"] {
+            let mut reversed = webhook_delay();
+            reversed["spec"]["direction"] = json!(direction);
+            let spec = &mut reversed["spec"];
+            spec["target"]["selector"]["labelSelectors"]["app.kubernetes.io/name"] = json!("transaction-api");
+            spec["selector"]["labelSelectors"]["app.kubernetes.io/name"] = json!("notification-service");
+            assert_eq!(chaos_errors(&dev, vec![reversed]), Vec::<String>::new(), "{direction}");
+        }
+        // Pods that never call each other, or a selector by another label, disturb no allowed call.
         refused(&dev, "is not along an allowed call", &|e| {
             e["spec"]["target"]["selector"]["labelSelectors"]["app.kubernetes.io/name"] = json!("transaction-api");
-            e["spec"]["selector"]["labelSelectors"]["app.kubernetes.io/name"] = json!("notification-service");
         });
-        refused(&dev, "is not along an allowed call", &|e| e["spec"]["direction"] = json!("from"));
-        refused(&dev, "is not along an allowed call", &|e| e["spec"]["direction"] = json!("both"));
+        refused(&dev, "is not along an allowed call", &|e| {
+            e["spec"]["target"]["selector"]["labelSelectors"] = json!({"app": "notification-service"});
+        });
         // Outside the cluster, only the data tier.
         refused(&dev, "external target \"10.0.128.0/17\" is not the environment's data tier 10.0.16.0/20", &|e| {
             e["spec"]["externalTargets"] = json!(["10.0.128.0/17"]);
@@ -972,9 +975,9 @@ mod tests {
                 "spec": {"schedule": "0 10 * * 2", "type": "NetworkChaos", "networkChaos": spec}})
         };
         assert_eq!(chaos_errors(&dev, vec![schedule(webhook_delay()["spec"].clone())]), Vec::<String>::new());
-        let mut reverse = webhook_delay()["spec"].clone();
-        reverse["direction"] = json!("from");
-        let errors = chaos_errors(&dev, vec![schedule(reverse)]);
+        let mut elsewhere = webhook_delay()["spec"].clone();
+        elsewhere["target"]["selector"]["labelSelectors"]["app.kubernetes.io/name"] = json!("someone-else");
+        let errors = chaos_errors(&dev, vec![schedule(elsewhere)]);
         assert!(errors.iter().any(|e| e.contains("Schedule quilla/weekly: NetworkChaos between")), "{errors:#?}");
     }
 }
