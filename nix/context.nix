@@ -22,8 +22,8 @@ let
   version = (lib.importTOML ../Cargo.toml).workspace.package.version;
   revision = self.rev or self.dirtyRev or "dirty";
 
-  # One Python for the tests (moto's server) and the shell (also kubernetes-validate, whose module
-  # crates/xtask/schemas/validate-builtin.py imports and whose CLI `cargo xtask` looks for).
+  # One Python for the tests (moto's server) and the shell (also kubernetes-validate, whose schema
+  # files and jsonschema crates/xtask/schemas/validate.py uses and whose CLI `cargo xtask` looks for).
   python = pkgs.python3.withPackages (
     ps: [ ps.moto ps.kubernetes-validate ] ++ (ps.moto.optional-dependencies.server or [ ])
   );

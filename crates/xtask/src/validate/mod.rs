@@ -40,12 +40,13 @@ const ARGOCD_PATHS: &[&str] = &[argocd::ARGOCD_DIR, argocd::ADDONS_PLATFORM_DIR]
 pub fn run() -> Result<()> {
     crate::prereqs::ensure(crate::prereqs::Needs { python_tools: true, wrk: false, nix: false, gitops: true })?;
     schemas::ensure_tools()?;
-    validate_tree(&crate::workspace_root())
+    validate_tree(&crate::workspace_root(), &schemas::upstream_crds()?)
 }
 
-/// Validates the GitOps tree under `root` (its `environments/`, `gitops/` and `.checkov.yaml`); the
-/// validators themselves come from the workspace. The error lists every problem of the failing step.
-pub fn validate_tree(root: &Path) -> Result<()> {
+/// Validates the GitOps tree under `root` (its `environments/`, `gitops/` and `.checkov.yaml`), custom
+/// resources against the upstream CRD files under `crds`; the validators themselves come from the
+/// workspace. The error lists every problem of the failing step.
+pub fn validate_tree(root: &Path, crds: &Path) -> Result<()> {
     let environments = environments(root)?;
     let regions: Vec<RegionFile> = environments.iter().map(|(_, region)| region.clone()).collect();
     let mut failures = Vec::new();
@@ -61,7 +62,7 @@ pub fn validate_tree(root: &Path) -> Result<()> {
         println!("xtask: rendered {dir}: {} objects", objects.len());
         everything.extend(objects);
     }
-    failures.extend(schemas::validate(&everything)?);
+    failures.extend(schemas::validate(&everything, crds)?);
     failures.extend(argocd::check(&everything, &regions));
     refuse(failures, "schemas, policy or residency")?;
     println!("xtask: {} objects valid against their schemas and the policy", everything.len());
@@ -201,7 +202,8 @@ mod tests {
 
         /// The error `validate_tree` gives for this copy, or a panic when the copy passes.
         fn failure(&self) -> String {
-            format!("{:#}", validate_tree(self.root()).expect_err("the broken tree passed validation"))
+            let error = validate_tree(self.root(), &crds()).expect_err("the broken tree passed validation");
+            format!("{error:#}")
         }
     }
 
@@ -221,6 +223,11 @@ mod tests {
         schemas::ensure_tools().expect("npm packages");
     }
 
+    /// The upstream CRD files (`QUILLA_UPSTREAM_CRDS`, or shared/schemas beside the repository).
+    fn crds() -> PathBuf {
+        schemas::upstream_crds().expect("upstream CRD files")
+    }
+
     /// The error of the whole validation over a copy of the tree with each `(file, from, to)` edit made.
     fn failure_after(edits: &[(&str, &str, &str)]) -> String {
         tools();
@@ -234,7 +241,7 @@ mod tests {
     #[test]
     fn the_copied_tree_passes() {
         tools();
-        validate_tree(TreeCopy::new().root()).expect("the repository's tree is valid");
+        validate_tree(TreeCopy::new().root(), &crds()).expect("the repository's tree is valid");
     }
 
     #[test]
@@ -331,5 +338,44 @@ mod tests {
             error.contains("environments/spain/dev: ServiceAccount.default.notification-service: CKV_K8S_21"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn chaos_experiments_in_a_prod_overlay_fail_the_policy() {
+        let error = failure_after(&[(
+            "environments/spain/prod/kustomization.yaml",
+            "  - ../../../gitops/apps/notification-service\n",
+            "  - ../../../gitops/apps/notification-service\n  - ../../../gitops/chaos\n",
+        )]);
+        assert!(
+            error.contains(
+                "environments/spain/prod: PodChaos quilla/transaction-api-pod-kill: a chaos experiment in prod"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_chaos_experiment_naming_no_existing_alert_fails() {
+        let error = failure_after(&[(
+            "gitops/chaos/webhook-delay.yaml",
+            "quilla.io/expected-alert: QuillaOutboxBacklogGrowing",
+            "quilla.io/expected-alert: QuillaWebhookSlow",
+        )]);
+        assert!(
+            error.contains(
+                "environments/mexico/dev: NetworkChaos quilla/webhook-delay: quilla.io/expected-alert `QuillaWebhookSlow` \
+                 is not an alert"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_chaos_field_fails_its_upstream_crd() {
+        let error =
+            failure_after(&[("gitops/chaos/transaction-api-pod-kill.yaml", "gracePeriod: 0", "gracePeriods: 0")]);
+        assert!(error.contains("environments/spain/dev: PodChaos quilla/transaction-api-pod-kill: /spec: "), "{error}");
+        assert!(error.contains("'gracePeriods' was unexpected"), "{error}");
     }
 }

@@ -1,5 +1,23 @@
-//! Policy rules over one environment's rendered objects: pod security, probes, resources, images,
-//! network isolation, no Secrets, prod availability and data residency.
+//! Policy rules over one environment's rendered objects: what checkov cannot say about them (the image's
+//! user, digests and their placeholder, network isolation and the call graph, CIDRs, no Secrets, prod
+//! availability, secret prefixes, token issuers and data residency).
+//!
+//! The pod-security rules checkov enforces over the same rendered objects (security.rs, `.checkov.yaml`
+//! skips nothing) are not repeated here; these checkov ids replaced these rules of ours:
+//! - automountServiceAccountToken false: CKV_K8S_38
+//! - no host PID, IPC or network namespace: CKV_K8S_17, CKV_K8S_18, CKV_K8S_19
+//! - seccompProfile RuntimeDefault: CKV_K8S_31
+//! - allowPrivilegeEscalation false: CKV_K8S_20; not privileged: CKV_K8S_16
+//! - readOnlyRootFilesystem: CKV_K8S_22
+//! - capabilities drop ALL: CKV_K8S_37; none added: CKV_K8S_25
+//! - CPU and memory requests and limits: CKV_K8S_10, CKV_K8S_11, CKV_K8S_12, CKV_K8S_13
+//! - liveness and readiness probes (not on Jobs): CKV_K8S_8, CKV_K8S_9
+//! - no Secret in an environment variable (`env` or `envFrom`): CKV_K8S_35
+//! - no `latest` or missing tag: CKV_K8S_14; images by digest: CKV_K8S_43 (every stage, not only prod)
+//!
+//! Kept although checkov has a neighbour: `runAsNonRoot: true` (CKV_K8S_23 passes `false` with a
+//! non-zero UID; the restricted Pod Security Standard the namespace enforces does not) and
+//! `runAsUser: 65532` (CKV_K8S_40 asks for any UID above 10000, not the image's user).
 
 use ipnet::Ipv4Net;
 use serde::Deserialize;
@@ -17,6 +35,12 @@ const SCRAPER_NAMESPACES: &[&str] = &["monitoring"];
 /// The only HTTP source a `webhook` store may read: AWS's public RDS certificate bundles,
 /// `<this>/<region>/<region>-bundle.pem` (docs/adr/0008).
 const RDS_TRUST_STORE: &str = "https://truststore.pki.rds.amazonaws.com/";
+
+/// Chaos Mesh's API group (`chaos-mesh.org/v1alpha1`): the experiments of gitops/chaos.
+const CHAOS_GROUP: &str = "chaos-mesh.org/";
+
+/// The annotation naming the alert a chaos experiment must fire (an `alert` of a PrometheusRule).
+const EXPECTED_ALERT: &str = "quilla.io/expected-alert";
 
 /// The token issuers a service trusts: set on every Deployment, `https://<host>/auth` with
 /// region.yaml's host put in by gitops/components/environment. Figment's inline syntax, which our
@@ -73,11 +97,9 @@ pub fn check(region: &RegionFile, objects: &[Rendered], all: &[RegionFile]) -> V
         match object["kind"].as_str().unwrap_or_default() {
             "Secret" => fail("a Secret in git: credentials must come from an ExternalSecret".into()),
             "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => {
-                // A Job serves nothing that a probe could ask about.
-                let serves = object["kind"] != "Job";
-                check_pod(&object["spec"]["template"]["spec"], region, serves, &mut fail);
+                check_pod(&object["spec"]["template"]["spec"], region, &mut fail);
                 // `migrate`, all a Job runs, reads no [auth].
-                if serves {
+                if object["kind"] != "Job" {
                     check_issuers(&object["spec"]["template"]["spec"], region, all, &mut fail);
                 }
             }
@@ -117,6 +139,9 @@ pub fn check(region: &RegionFile, objects: &[Rendered], all: &[RegionFile]) -> V
             "ConfigMap" => check_service_config(object, &mut fail),
             "ExternalSecret" => check_external_secret(object, objects, region, &mut fail),
             _ => {}
+        }
+        if object["apiVersion"].as_str().is_some_and(|version| version.starts_with(CHAOS_GROUP)) {
+            check_chaos(object, objects, region, &mut fail);
         }
         if region.stage == "prod" && object["kind"] == "Deployment" && !has_disruption_budget(object, objects) {
             fail("prod Deployment without a PodDisruptionBudget selecting its pods".into());
@@ -185,13 +210,7 @@ fn remote_keys(external_secret: &Value) -> impl Iterator<Item = &str> {
     data.chain(data_from).filter_map(Value::as_str)
 }
 
-fn check_pod(pod: &Value, region: &RegionFile, serves: bool, fail: &mut impl FnMut(String)) {
-    if pod["automountServiceAccountToken"] != Value::Bool(false) {
-        fail("automountServiceAccountToken must be false".into());
-    }
-    if pod["hostNetwork"] == true || pod["hostPID"] == true || pod["hostIPC"] == true {
-        fail("host namespaces are forbidden".into());
-    }
+fn check_pod(pod: &Value, region: &RegionFile, fail: &mut impl FnMut(String)) {
     let pod_security = &pod["securityContext"];
     let containers = pod["initContainers"].as_array().into_iter().chain(pod["containers"].as_array()).flatten();
     for container in containers {
@@ -207,49 +226,9 @@ fn check_pod(pod: &Value, region: &RegionFile, serves: bool, fail: &mut impl FnM
         if effective("runAsUser") != 65532 {
             fail("runAsUser must be 65532 (the image's non-root user)");
         }
-        if effective("seccompProfile")["type"] != "RuntimeDefault" {
-            fail("seccompProfile must be RuntimeDefault");
-        }
-        if security["allowPrivilegeEscalation"] != false {
-            fail("allowPrivilegeEscalation must be false");
-        }
-        if security["privileged"] == true {
-            fail("privileged is forbidden");
-        }
-        if security["readOnlyRootFilesystem"] != true {
-            fail("readOnlyRootFilesystem must be true");
-        }
-        let drops = security["capabilities"]["drop"].as_array().cloned().unwrap_or_default();
-        if !drops.iter().any(|capability| capability == "ALL") {
-            fail("capabilities must drop ALL");
-        }
-        if security["capabilities"]["add"].as_array().is_some_and(|added| !added.is_empty()) {
-            fail("no capability may be added");
-        }
-        for kind in ["requests", "limits"] {
-            for resource in ["cpu", "memory"] {
-                if container["resources"][kind][resource].is_null() {
-                    fail(&format!("resources.{kind}.{resource} is missing"));
-                }
-            }
-        }
-        for probe in ["readinessProbe", "livenessProbe"] {
-            if serves && container[probe].is_null() {
-                fail(&format!("{probe} is missing"));
-            }
-        }
-        let secret_variables = (container["env"].as_array().into_iter().flatten())
-            .filter(|variable| variable["valueFrom"]["secretKeyRef"].is_object())
-            .map(|variable| variable["name"].as_str().unwrap_or("<unnamed>"));
-        for name in secret_variables {
-            fail(&format!("env {name} reads a Secret: mount it and pass a file:// reference instead"));
-        }
-        if container["envFrom"].as_array().into_iter().flatten().any(|source| source["secretRef"].is_object()) {
-            fail("envFrom reads a Secret: mount it and pass file:// references instead");
-        }
         let image = container["image"].as_str().unwrap_or_default();
-        if let Some(problem) = image_problem(image, region.stage == "prod") {
-            fail(&format!("image `{image}`: {problem}"));
+        if image_digest_malformed(image) {
+            fail(&format!("image `{image}`: malformed digest (sha256: and 64 lowercase hex digits)"));
         }
         let placeholder = image.ends_with(&format!("@{PLACEHOLDER_DIGEST}"));
         match region.images {
@@ -268,6 +247,61 @@ fn check_pod(pod: &Value, region: &RegionFile, serves: bool, fail: &mut impl FnM
         }
         for aws_region in aws_regions.into_iter().filter(|set| *set != Some(region.aws_region.as_str())) {
             fail(&format!("env QUILLA_AWS__REGION is {aws_region:?}, expected `{}`", region.aws_region));
+        }
+    }
+}
+
+/// A Chaos Mesh experiment (or Schedule) runs only outside prod, names an alert of a PrometheusRule the
+/// environment renders, and disturbs only what the NetworkPolicies allow: the traffic of an allowed
+/// call (its requests or its replies: any `direction` between the caller and the callee), or to the
+/// environment's data tier.
+fn check_chaos(object: &Value, objects: &[Rendered], region: &RegionFile, fail: &mut impl FnMut(String)) {
+    if region.stage == "prod" {
+        fail("a chaos experiment in prod: gitops/chaos is for dev environments only".into());
+    }
+    let alerts: Vec<&str> = (objects.iter())
+        .filter(|rendered| rendered.object["kind"] == "PrometheusRule")
+        .flat_map(|rendered| rendered.object["spec"]["groups"].as_array().into_iter().flatten())
+        .flat_map(|group| group["rules"].as_array().into_iter().flatten())
+        .filter_map(|rule| rule["alert"].as_str())
+        .collect();
+    match object["metadata"]["annotations"][EXPECTED_ALERT].as_str() {
+        None => fail(format!("no {EXPECTED_ALERT} annotation: name the alert this experiment must fire")),
+        Some(alert) if !alerts.contains(&alert) => {
+            fail(format!("{EXPECTED_ALERT} `{alert}` is not an alert of the environment's PrometheusRules"));
+        }
+        Some(_) => {}
+    }
+    // A Schedule carries its experiment's spec under the kind's camelCase name (`networkChaos`).
+    let spec = match object["kind"].as_str() {
+        Some("Schedule") => &object["spec"]["networkChaos"],
+        Some("NetworkChaos") => &object["spec"],
+        _ => return,
+    };
+    if spec.is_null() {
+        return;
+    }
+    let name = |selector: &Value| selector["labelSelectors"]["app.kubernetes.io/name"].as_str().map(str::to_owned);
+    let source = name(&spec["selector"]);
+    if !spec["target"].is_null() {
+        let target = name(&spec["target"]["selector"]);
+        let allowed = match (&source, &target) {
+            (Some(one), Some(other)) => (ALLOWED_CALLS.iter())
+                .any(|&(caller, callee)| (caller, callee) == (one, other) || (callee, caller) == (one, other)),
+            _ => false,
+        };
+        if !allowed {
+            fail(format!(
+                "NetworkChaos between {source:?} and {target:?} is not along an allowed call {ALLOWED_CALLS:?}"
+            ));
+        }
+    }
+    for external in spec["externalTargets"].as_array().into_iter().flatten() {
+        if external.as_str() != Some(region.data_cidr.as_str()) {
+            fail(format!(
+                "NetworkChaos external target {external} is not the environment's data tier {}",
+                region.data_cidr
+            ));
         }
     }
 }
@@ -329,30 +363,13 @@ fn trusted_issuers(value: &str) -> Result<Vec<String>, String> {
         .collect()
 }
 
-/// Why an image reference is not acceptable, if it is not.
-fn image_problem(image: &str, require_digest: bool) -> Option<&'static str> {
-    let (name, digest) = match image.split_once('@') {
-        Some((name, digest)) => (name, Some(digest)),
-        None => (image, None),
-    };
-    if let Some(digest) = digest {
+/// Whether `image` names a digest that is not `sha256:` and 64 lowercase hex digits (checkov's
+/// CKV_K8S_43 only asks for an `@`).
+fn image_digest_malformed(image: &str) -> bool {
+    image.split_once('@').is_some_and(|(_, digest)| {
         let hex = digest.strip_prefix("sha256:").unwrap_or_default();
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-            return Some("malformed digest");
-        }
-    }
-    let last_segment = name.rsplit('/').next().unwrap_or(name);
-    let tag = last_segment.split_once(':').map(|(_, tag)| tag);
-    if tag == Some("latest") {
-        return Some("the `latest` tag is forbidden");
-    }
-    if require_digest && digest.is_none() {
-        return Some("prod images must be pinned by digest");
-    }
-    if digest.is_none() && tag.is_none() {
-        return Some("no tag or digest (that means `latest`)");
-    }
-    None
+        hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    })
 }
 
 fn check_namespace(namespace: &Value, objects: &[Rendered], fail: &mut impl FnMut(String)) {
@@ -613,20 +630,24 @@ mod tests {
     }
 
     #[test]
-    fn a_job_needs_pod_security_but_no_probes() {
-        let errors = errors_after(|o| {
+    fn a_job_runs_as_the_images_user_and_trusts_no_issuer() {
+        let job = |o: &mut Vec<Value>| {
             let mut job = o[2].clone();
             job["kind"] = json!("Job");
             let container = &mut job["spec"]["template"]["spec"]["containers"][0];
-            container.as_object_mut().map(|c| (c.remove("readinessProbe"), c.remove("livenessProbe")));
-            o.push(job);
-        });
-        assert_eq!(errors, Vec::<String>::new());
-        refused("readOnlyRootFilesystem must be true", |o| {
-            let mut job = o[2].clone();
-            job["kind"] = json!("Job");
-            job["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] =
-                json!(false);
+            container["env"].as_array_mut().map(|env| env.remove(1));
+            job
+        };
+        assert_eq!(
+            errors_after(|o| {
+                let job = job(o);
+                o.push(job);
+            }),
+            Vec::<String>::new()
+        );
+        refused("runAsUser must be 65532", |o| {
+            let mut job = job(o);
+            job["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = json!(0);
             o.push(job);
         });
     }
@@ -664,69 +685,27 @@ mod tests {
         });
     }
 
+    /// The rest of pod security (privileges, capabilities, seccomp, read-only root, token mount,
+    /// resources, probes, Secrets in variables, `latest`) is checkov's: security.rs tests that it is found.
     #[test]
-    fn pod_security_rules_are_enforced() {
+    fn pods_run_as_the_images_non_root_user() {
         refused("runAsNonRoot", |o| o[2]["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] = json!(false));
+        refused("runAsNonRoot", |o| {
+            o[2]["spec"]["template"]["spec"]["securityContext"].as_object_mut().map(|s| s.remove("runAsNonRoot"));
+        });
         refused("runAsUser", |o| container(o)["securityContext"]["runAsUser"] = json!(0));
-        refused("readOnlyRootFilesystem", |o| container(o)["securityContext"]["readOnlyRootFilesystem"] = json!(false));
-        refused("allowPrivilegeEscalation", |o| {
-            container(o)["securityContext"].as_object_mut().map(|s| s.remove("allowPrivilegeEscalation"));
-        });
-        refused("drop ALL", |o| container(o)["securityContext"]["capabilities"]["drop"] = json!(["NET_RAW"]));
-        refused("no capability may be added", |o| {
-            container(o)["securityContext"]["capabilities"]["add"] = json!(["NET_ADMIN"]);
-        });
-        refused("seccompProfile", |o| {
-            o[2]["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]["type"] = json!("Unconfined");
-        });
-        refused("automountServiceAccountToken", |o| {
-            o[2]["spec"]["template"]["spec"]["automountServiceAccountToken"] = json!(true);
-        });
-        refused("privileged", |o| container(o)["securityContext"]["privileged"] = json!(true));
+        refused("runAsUser", |o| o[2]["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = json!(10001));
     }
 
     #[test]
-    fn credentials_are_files_not_environment_variables() {
-        refused("env QUILLA_DATABASE__URL reads a Secret", |o| {
-            container(o)["env"] = json!([{"name": "QUILLA_DATABASE__URL",
-                "valueFrom": {"secretKeyRef": {"name": "credentials", "key": "database-url"}}}]);
-        });
-        refused("envFrom reads a Secret", |o| {
-            container(o)["envFrom"] = json!([{"secretRef": {"name": "credentials"}}])
-        });
-        // A file:// reference in a plain value, and a ConfigMap as a source, are fine.
-        let errors = errors_after(|o| {
-            container(o)["env"] = json!([{"name": "QUILLA_DATABASE__URL", "value": "file:///var/run/secrets/quilla/database-url"},
-                {"name": "QUILLA_AWS__REGION", "value": "eu-south-2"},
-                {"name": ISSUERS_VARIABLE, "value": issuers(&["https://api.spain.example/auth"])}]);
-            container(o)["envFrom"] = json!([{"configMapRef": {"name": "settings"}}]);
-        });
-        assert_eq!(errors, Vec::<String>::new());
-    }
-
-    #[test]
-    fn resources_and_probes_are_required() {
-        refused("resources.limits.memory", |o| {
-            container(o)["resources"]["limits"].as_object_mut().map(|l| l.remove("memory"));
-        });
-        refused("resources.requests.cpu", |o| {
-            container(o)["resources"]["requests"].as_object_mut().map(|r| r.remove("cpu"));
-        });
-        refused("readinessProbe", |o| {
-            container(o).as_object_mut().map(|c| c.remove("readinessProbe"));
-        });
-        refused("livenessProbe", |o| {
-            container(o).as_object_mut().map(|c| c.remove("livenessProbe"));
-        });
-    }
-
-    #[test]
-    fn images_are_pinned() {
-        refused("pinned by digest", |o| container(o)["image"] = json!("registry/quilla/app:1.2.3"));
-        refused("latest", |o| container(o)["image"] = json!("registry/quilla/app:latest"));
+    fn image_digests_are_well_formed() {
         refused("malformed digest", |o| container(o)["image"] = json!("registry/quilla/app@sha256:abc"));
-        assert_eq!(image_problem("registry:5000/quilla/app:1.2.3", false), None);
-        assert_eq!(image_problem("registry:5000/quilla/app", false), Some("no tag or digest (that means `latest`)"));
+        refused("malformed digest", |o| {
+            container(o)["image"] = json!(format!("registry/quilla/app@md5:{}", &DIGEST[7..]))
+        });
+        assert!(!image_digest_malformed("registry:5000/quilla/app:1.2.3"));
+        assert!(!image_digest_malformed(&format!("registry:5000/quilla/app@{DIGEST}")));
+        assert!(image_digest_malformed(&format!("registry/quilla/app@{}", DIGEST.to_uppercase())));
     }
 
     #[test]
@@ -927,5 +906,78 @@ mod tests {
             o[5]["spec"]["ingress"][0]["from"] = json!([{"ipBlock": {"cidr": "10.0.16.0/20"}}]);
         });
         refused("config.toml is not TOML", |o| o[7]["data"]["config.toml"] = json!("[telemetry\n"));
+    }
+
+    /// The webhook-path delay of gitops/chaos: transaction-api → notification-service.
+    fn webhook_delay() -> Value {
+        json!({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos",
+            "metadata": {"name": "webhook-delay", "namespace": "quilla",
+                "annotations": {EXPECTED_ALERT: "QuillaOutboxBacklogGrowing"}},
+            "spec": {"action": "delay", "mode": "all", "direction": "to",
+                "selector": {"labelSelectors": {"app.kubernetes.io/name": "transaction-api"}},
+                "target": {"mode": "all", "selector": {"labelSelectors": {"app.kubernetes.io/name": "notification-service"}}},
+                "delay": {"latency": "3s"}}})
+    }
+
+    /// The errors of `experiments` in `region`, beside a PrometheusRule with the alert they name.
+    fn chaos_errors(region: &RegionFile, experiments: Vec<Value>) -> Vec<String> {
+        let rule = json!({"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": {"name": "quilla", "namespace": "quilla"},
+            "spec": {"groups": [{"name": "g", "rules": [{"alert": "QuillaOutboxBacklogGrowing", "expr": "vector(1)"}]}]}});
+        let objects: Vec<Rendered> = experiments.into_iter().chain([rule]).map(rendered).collect();
+        check(region, &objects, &all())
+    }
+
+    #[test]
+    fn chaos_experiments_run_in_dev_name_a_real_alert_and_follow_the_call_graph() {
+        let dev = region("spain", "dev", "eu-south-2");
+        let refused = |region: &RegionFile, expected: &str, change: &dyn Fn(&mut Value)| {
+            let mut experiment = webhook_delay();
+            change(&mut experiment);
+            let errors = chaos_errors(region, vec![experiment]);
+            assert!(errors.iter().any(|e| e.contains(expected)), "expected `{expected}` among {errors:#?}");
+        };
+        assert_eq!(chaos_errors(&dev, vec![webhook_delay()]), Vec::<String>::new());
+        refused(&spain(), "a chaos experiment in prod", &|_| {});
+        refused(&dev, "no quilla.io/expected-alert annotation", &|e| e["metadata"]["annotations"] = json!({}));
+        refused(&dev, "`QuillaNoSuchAlert` is not an alert", &|e| {
+            e["metadata"]["annotations"][EXPECTED_ALERT] = json!("QuillaNoSuchAlert");
+        });
+        // Either end of the allowed call may be the selector, in any direction (requests or replies).
+        for direction in ["to", "from", "both"] {
+            let mut reversed = webhook_delay();
+            reversed["spec"]["direction"] = json!(direction);
+            let spec = &mut reversed["spec"];
+            spec["target"]["selector"]["labelSelectors"]["app.kubernetes.io/name"] = json!("transaction-api");
+            spec["selector"]["labelSelectors"]["app.kubernetes.io/name"] = json!("notification-service");
+            assert_eq!(chaos_errors(&dev, vec![reversed]), Vec::<String>::new(), "{direction}");
+        }
+        // Pods that never call each other, or a selector by another label, disturb no allowed call.
+        refused(&dev, "is not along an allowed call", &|e| {
+            e["spec"]["target"]["selector"]["labelSelectors"]["app.kubernetes.io/name"] = json!("transaction-api");
+        });
+        refused(&dev, "is not along an allowed call", &|e| {
+            e["spec"]["target"]["selector"]["labelSelectors"] = json!({"app": "notification-service"});
+        });
+        // Outside the cluster, only the data tier.
+        refused(&dev, "external target \"10.0.128.0/17\" is not the environment's data tier 10.0.16.0/20", &|e| {
+            e["spec"]["externalTargets"] = json!(["10.0.128.0/17"]);
+        });
+        let unreachable = |e: &mut Value| e["spec"]["externalTargets"] = json!(["10.0.16.0/20"]);
+        let mut database = webhook_delay();
+        database["spec"].as_object_mut().map(|spec| spec.remove("target"));
+        unreachable(&mut database);
+        assert_eq!(chaos_errors(&dev, vec![database]), Vec::<String>::new());
+        // A Schedule's experiment is held to the same.
+        let schedule = |spec: Value| {
+            json!({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule",
+                "metadata": {"name": "weekly", "namespace": "quilla", "annotations": {EXPECTED_ALERT: "QuillaOutboxBacklogGrowing"}},
+                "spec": {"schedule": "0 10 * * 2", "type": "NetworkChaos", "networkChaos": spec}})
+        };
+        assert_eq!(chaos_errors(&dev, vec![schedule(webhook_delay()["spec"].clone())]), Vec::<String>::new());
+        let mut elsewhere = webhook_delay()["spec"].clone();
+        elsewhere["target"]["selector"]["labelSelectors"]["app.kubernetes.io/name"] = json!("someone-else");
+        let errors = chaos_errors(&dev, vec![schedule(elsewhere)]);
+        assert!(errors.iter().any(|e| e.contains("Schedule quilla/weekly: NetworkChaos between")), "{errors:#?}");
     }
 }

@@ -4,7 +4,8 @@
 //! written as `<scratch>/<metadata.name>.rules.yaml`, and `tests/*.yaml` are copied beside them: a test's
 //! `rule_files: [quilla.rules.yaml]` resolves relative to the test file, i.e. inside the scratch directory.
 //!
-//! The metric names the rules and dashboards query are kept in `queried-metrics.txt`, which the
+//! The metric names the rules and dashboards query (read from each expression's AST, parsed by the
+//! promql-parser crate) are kept in `queried-metrics.txt`, which the
 //! transaction-api test `metrics_catalog` compares with what the running services export. `check` fails
 //! when that list is stale; `QUILLA_BLESS=1` rewrites it instead.
 
@@ -23,33 +24,10 @@ const MONITORING_DIR: &str = "gitops/platform/monitoring";
 /// The generated list of queried metric names, relative to the monitoring directory.
 const QUERIED_LIST: &str = "queried-metrics.txt";
 
-/// PromQL words that look like identifiers but are not metric names.
-const KEYWORDS: &[&str] = &[
-    "and",
-    "or",
-    "unless",
-    "bool",
-    "offset",
-    "atan2",
-    "inf",
-    "nan",
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "group",
-    "stddev",
-    "stdvar",
-    "count",
-    "count_values",
-    "bottomk",
-    "topk",
-    "quantile",
-    "limitk",
-    "limit_ratio",
-];
-/// Modifiers whose optional `(...)` holds label names.
-const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
+/// Grafana's interval variables, interpolated as durations before a dashboard's query is parsed (its
+/// other variables appear only inside label matchers' strings, which the parser takes as they are).
+const GRAFANA_INTERVALS: &[&str] =
+    &["$__rate_interval", "${__rate_interval}", "$__interval", "${__interval}", "$__range", "${__range}"];
 
 /// Runs `promtool check rules` and `promtool test rules`, then checks `queried-metrics.txt` is current.
 pub fn check(root: &Path) -> Result<()> {
@@ -64,87 +42,36 @@ pub fn queried_metrics(root: &Path) -> Result<BTreeSet<String>> {
     queried_in(&root.join(MONITORING_DIR))
 }
 
-/// The metric names in a PromQL expression (Grafana's `$variables` allowed).
-pub fn metric_names(expr: &str) -> BTreeSet<String> {
-    let chars: Vec<char> = expr.chars().collect();
-    let mut names = BTreeSet::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        match c {
-            '#' => i = skip_until(&chars, i, '\n'),
-            '"' | '\'' | '`' => i = skip_string(&chars, i),
-            '{' => i = skip_block(&chars, i, '}'),
-            '[' => i = skip_block(&chars, i, ']'),
-            // A Grafana variable ($job, $__rate_interval) or a number or duration (0.99, 1e3, 5m).
-            '$' => i = skip_word(&chars, i + 1),
-            _ if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) => {
-                i = skip_word(&chars, i);
-            }
-            _ if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
-                let end = skip_word(&chars, i);
-                let word: String = chars[i..end].iter().collect();
-                let lower = word.to_ascii_lowercase();
-                let next = next_non_space(&chars, end);
-                i = end;
-                if LABEL_LISTS.contains(&lower.as_str()) {
-                    if next.is_some_and(|n| chars[n] == '(') {
-                        i = skip_until(&chars, end, ')');
-                    }
-                } else if next.is_some_and(|n| chars[n] == '(') || KEYWORDS.contains(&lower.as_str()) {
-                    // A function call or an operator.
-                } else {
-                    names.insert(word);
-                }
-            }
-            _ => i += 1,
-        }
+/// The metric names a PromQL expression selects (Grafana's interval variables allowed), from the
+/// promql-parser crate's AST: every vector selector's name and `__name__="…"` matcher. An expression
+/// that does not parse is an error naming it.
+pub fn metric_names(expr: &str) -> Result<BTreeSet<String>> {
+    let interpolated = GRAFANA_INTERVALS.iter().fold(expr.to_owned(), |text, variable| text.replace(variable, "5m"));
+    let ast = promql_parser::parser::parse(&interpolated).map_err(|error| anyhow::anyhow!("`{expr}`: {error}"))?;
+    let mut names = MetricNames(BTreeSet::new());
+    promql_parser::util::walk_expr(&mut names, &ast).map_err(|never| match never {})?;
+    Ok(names.0)
+}
+
+/// Collects the metric names of the selectors it visits.
+struct MetricNames(BTreeSet<String>);
+
+impl promql_parser::util::ExprVisitor for MetricNames {
+    type Error = std::convert::Infallible;
+
+    fn pre_visit(&mut self, expr: &promql_parser::parser::Expr) -> Result<bool, Self::Error> {
+        use promql_parser::parser::Expr;
+        let selector = match expr {
+            Expr::VectorSelector(selector) => selector,
+            Expr::MatrixSelector(matrix) => &matrix.vs,
+            _ => return Ok(true),
+        };
+        self.0.extend(selector.name.clone());
+        let by_name = (selector.matchers.matchers.iter())
+            .filter(|m| m.name == "__name__" && matches!(m.op, promql_parser::label::MatchOp::Equal));
+        self.0.extend(by_name.map(|m| m.value.clone()));
+        Ok(true)
     }
-    names
-}
-
-/// Index after the next `end` at or after `from` (or the end of input).
-fn skip_until(chars: &[char], from: usize, end: char) -> usize {
-    chars[from..].iter().position(|&c| c == end).map_or(chars.len(), |p| from + p + 1)
-}
-
-/// Index after the string literal starting at `start` (escapes honoured except in raw `...` strings).
-fn skip_string(chars: &[char], start: usize) -> usize {
-    let quote = chars[start];
-    let mut i = start + 1;
-    while i < chars.len() {
-        match chars[i] {
-            '\\' if quote != '`' => i += 2,
-            c if c == quote => return i + 1,
-            _ => i += 1,
-        }
-    }
-    chars.len()
-}
-
-/// Index after the `end` closing the block at `start`, skipping string literals inside it.
-fn skip_block(chars: &[char], start: usize, end: char) -> usize {
-    let mut i = start + 1;
-    while i < chars.len() {
-        match chars[i] {
-            '"' | '\'' | '`' => i = skip_string(chars, i),
-            c if c == end => return i + 1,
-            _ => i += 1,
-        }
-    }
-    chars.len()
-}
-
-/// Index after the identifier-like run (letters, digits, `_`, `:`, `.`) starting at `start`.
-fn skip_word(chars: &[char], start: usize) -> usize {
-    chars[start..]
-        .iter()
-        .position(|&c| !(c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '.'))
-        .map_or(chars.len(), |p| start + p)
-}
-
-fn next_non_space(chars: &[char], from: usize) -> Option<usize> {
-    chars[from..].iter().position(|c| !c.is_whitespace()).map(|p| from + p)
 }
 
 /// A PrometheusRule found in the monitoring directory.
@@ -254,7 +181,7 @@ fn queried_in(dir: &Path) -> Result<BTreeSet<String>> {
     }
     let mut names = BTreeSet::new();
     for expr in &exprs {
-        for name in metric_names(expr) {
+        for name in metric_names(expr)? {
             let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
             if !recorded.contains(base) {
                 names.insert(base.to_owned());
@@ -307,7 +234,7 @@ mod tests {
     use super::*;
 
     fn names(expr: &str) -> Vec<String> {
-        metric_names(expr).into_iter().collect()
+        metric_names(expr).expect("valid PromQL").into_iter().collect()
     }
 
     use crate::workspace_root;
@@ -338,13 +265,22 @@ mod tests {
 
     #[test]
     fn names_with_grafana_variables_strings_subqueries_and_comments() {
-        let expr = r#"rate(x_total{job=~"$job", le="}"}[$__rate_interval]) * on() group_left $factor"#;
-        assert_eq!(names(expr), ["x_total"]);
+        let expr = r#"rate(x_total{job=~"$job", le="}"}[$__rate_interval]) / rate(y_total[${__interval}])"#;
+        assert_eq!(names(expr), ["x_total", "y_total"]);
         let expr = r#"label_replace(webhook_events_total, "dst", "$1 (sum", "src", "(.*)")"#;
         assert_eq!(names(expr), ["webhook_events_total"]);
-        let expr = "max_over_time(deriv(foo[5m])[30m:1m]) @ end() # and not bar\n- .5 * baz";
+        let expr = "max_over_time(deriv(foo[5m])[30m:1m] @ end()) # and not bar\n- .5 * baz";
         assert_eq!(names(expr), ["baz", "foo"]);
-        assert!(names(r#"{__name__="hidden"} > 0"#).is_empty());
+        assert_eq!(names(r#"{__name__="hidden"} > 0"#), ["hidden"]);
+        assert!(names(r#"{__name__=~"hid.*"} > 0"#).is_empty());
+    }
+
+    #[test]
+    fn an_expression_that_does_not_parse_is_an_error_naming_it() {
+        let error = metric_names("rate(x_total[5m] > 0").expect_err("unbalanced").to_string();
+        assert!(error.starts_with("`rate(x_total[5m] > 0`: "), "{error}");
+        // A Grafana variable other than an interval stands where PromQL allows none.
+        assert!(metric_names("x_total * $factor").is_err());
     }
 
     #[test]

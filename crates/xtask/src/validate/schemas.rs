@@ -1,5 +1,6 @@
-//! Strict schema validation of rendered objects: built-in kinds with kubernetes-validate, custom resources with
-//! the @kubernetes-models validators (crates/xtask/schemas); unknown fields and unknown kinds are errors.
+//! Strict schema validation of rendered objects with jsonschema (crates/xtask/schemas/validate.py): built-in
+//! kinds against kubernetes-validate's schemas, custom resources against their CRDs' own `openAPIV3Schema`;
+//! unknown fields and unknown kinds are errors.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,33 +15,22 @@ use super::Rendered;
 /// on 2026-12-02. kubernetes-validate 1.37.0 ships schemas up to 1.37 (its kubernetes-json-schema/ data).
 pub const KUBERNETES_VERSION: &str = "1.35";
 
-/// The API groups served by Kubernetes itself (validated by kubernetes-validate, not by a CRD schema).
-const BUILTIN_GROUPS: &[&str] = &[
-    "apps",
-    "autoscaling",
-    "policy",
-    "networking.k8s.io",
-    "rbac.authorization.k8s.io",
-    "batch",
-    "storage.k8s.io",
-    "scheduling.k8s.io",
-    "admissionregistration.k8s.io",
-    "apiextensions.k8s.io",
-    "coordination.k8s.io",
-    "discovery.k8s.io",
-    "node.k8s.io",
-    "certificates.k8s.io",
-];
+/// Overrides where the upstream CRD files are (default: `shared/schemas` beside the repository).
+pub const CRDS_VARIABLE: &str = "QUILLA_UPSTREAM_CRDS";
 
-/// Whether `api_version` (e.g. `v1`, `apps/v1`) belongs to a built-in API group.
-pub fn is_builtin(api_version: &str) -> bool {
-    match api_version.split_once('/') {
-        None => api_version == "v1",
-        Some((group, _)) => BUILTIN_GROUPS.contains(&group),
-    }
+/// The directory of upstream CustomResourceDefinition files (Chaos Mesh, Crossplane: unmodified copies,
+/// each folder's SOURCE.md naming its tag and commit) that custom resources are validated against:
+/// `$QUILLA_UPSTREAM_CRDS`, or `../shared/schemas` from the workspace root, where CI lays shared/.
+pub fn upstream_crds() -> anyhow::Result<PathBuf> {
+    let dir = match std::env::var_os(CRDS_VARIABLE) {
+        Some(dir) => PathBuf::from(dir),
+        None => crate::workspace_root().join("../shared/schemas"),
+    };
+    ensure!(dir.is_dir(), "no upstream CRD files at {} (set {CRDS_VARIABLE} to their directory)", dir.display());
+    Ok(dir)
 }
 
-/// crates/xtask/schemas: the npm package and the two validator scripts.
+/// crates/xtask/schemas: the validator scripts and the npm packages.
 fn schemas_dir() -> PathBuf {
     crate::workspace_root().join("crates/xtask/schemas")
 }
@@ -70,35 +60,49 @@ fn is_installed(dir: &Path) -> bool {
     }
 }
 
-/// Validates every object strictly; returns one line per error (`<source>: <Kind> <ns/name>: <pointer>: <message>`).
-/// An empty list means every object is valid; a tool that cannot run is an `Err`.
-pub fn validate(objects: &[Rendered]) -> anyhow::Result<Vec<String>> {
-    let (builtin, custom): (Vec<&Rendered>, Vec<&Rendered>) =
-        objects.iter().partition(|r| is_builtin(r.object["apiVersion"].as_str().unwrap_or_default()));
-    let dir = schemas_dir();
-    let mut errors = Vec::new();
-    if !builtin.is_empty() {
-        let mut python = Command::new("python3");
-        // -B: no __pycache__ written into the source tree.
-        python.arg("-B").arg(dir.join("validate-builtin.py")).args(["--kubernetes-version", KUBERNETES_VERSION]);
-        errors.extend(run_validator(python, &builtin)?);
+/// Validates every object strictly, custom resources against the CRD files under `crds`; returns one line
+/// per error (`<source>: <Kind> <ns/name>: <pointer>: <message>`). An empty list means every object is
+/// valid; a tool that cannot run is an `Err`.
+///
+/// The kinds of Argo CD, External Secrets, cert-manager and the Prometheus operator have no CRD file
+/// there yet: validate.py hands them on (`--defer-unknown`) to validate-crds.mjs and the
+/// @kubernetes-models validators, until their upstream CRDs join the directory.
+pub fn validate(objects: &[Rendered], crds: &Path) -> anyhow::Result<Vec<String>> {
+    if objects.is_empty() {
+        return Ok(Vec::new());
     }
-    if !custom.is_empty() {
+    let dir = schemas_dir();
+    let scratch = crate::infra::ScratchDir::new("validate")?;
+    let deferred = scratch.0.join("deferred.json");
+    let mut python = Command::new("python3");
+    // -B: no __pycache__ written into the source tree.
+    python
+        .arg("-B")
+        .arg(dir.join("validate.py"))
+        .args(["--kubernetes-version", KUBERNETES_VERSION, "--crds"])
+        .arg(crds)
+        .arg("--defer-unknown")
+        .arg(&deferred);
+    let mut errors = run_validator(python, &scratch.0.join("objects.json"), &to_items(objects))?;
+    let text = std::fs::read(&deferred).with_context(|| format!("read {}", deferred.display()))?;
+    let rest: Vec<serde_json::Value> = serde_json::from_slice(&text).context("validate.py's deferred objects")?;
+    if !rest.is_empty() {
         let mut node = Command::new("node");
         node.arg(dir.join("validate-crds.mjs"));
-        errors.extend(run_validator(node, &custom)?);
+        errors.extend(run_validator(node, &scratch.0.join("rest.json"), &rest)?);
     }
     Ok(errors)
 }
 
-/// Runs one validator script on `objects` (written to a temporary JSON file passed as the last argument).
-fn run_validator(mut command: Command, objects: &[&Rendered]) -> anyhow::Result<Vec<String>> {
-    let scratch = crate::infra::ScratchDir::new("validate")?;
-    let input = scratch.0.join("objects.json");
-    let items: Vec<serde_json::Value> =
-        objects.iter().map(|r| serde_json::json!({ "source": r.source, "object": r.object })).collect();
-    std::fs::write(&input, serde_json::to_vec(&items)?).with_context(|| format!("writing {}", input.display()))?;
-    let output = command.arg(&input).output().with_context(|| format!("running {command:?}"))?;
+/// The objects as the validators read them: `[{"source": …, "object": …}]`.
+fn to_items(objects: &[Rendered]) -> Vec<serde_json::Value> {
+    objects.iter().map(|r| serde_json::json!({ "source": r.source, "object": r.object })).collect()
+}
+
+/// Runs one validator script on `items` (written to `input`, passed as the last argument).
+fn run_validator(mut command: Command, input: &Path, items: &[serde_json::Value]) -> anyhow::Result<Vec<String>> {
+    std::fs::write(input, serde_json::to_vec(items)?).with_context(|| format!("writing {}", input.display()))?;
+    let output = command.arg(input).output().with_context(|| format!("running {command:?}"))?;
     let lines: Vec<String> = String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect();
     let stderr = String::from_utf8_lossy(&output.stderr);
     match output.status.code() {
@@ -114,10 +118,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// Validates `object` alone (after making sure the npm packages are installed).
+    /// Validates `object` alone against the upstream CRDs (after making sure the npm packages are installed).
     fn check(object: serde_json::Value) -> anyhow::Result<Vec<String>> {
         ensure_tools()?;
-        validate(&[Rendered { source: "test".to_owned(), object }])
+        validate(&[Rendered { source: "test".to_owned(), object }], &upstream_crds()?)
     }
 
     fn deployment() -> serde_json::Value {
@@ -148,15 +152,6 @@ mod tests {
                 "data": [{ "secretKey": "url", "remoteRef": { "key": "prod/db", "property": "url" } }]
             }
         })
-    }
-
-    #[test]
-    fn builtin_groups() {
-        assert!(is_builtin("v1"));
-        assert!(is_builtin("apps/v1"));
-        assert!(is_builtin("networking.k8s.io/v1"));
-        assert!(!is_builtin("external-secrets.io/v1"));
-        assert!(!is_builtin("argoproj.io/v1alpha1"));
     }
 
     #[test]
@@ -309,5 +304,101 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(errors, ["test: Application argocd/api: /spec/syncPolicy/automated/selfHeel: unknown field"]);
+    }
+
+    fn pod_chaos() -> serde_json::Value {
+        json!({
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": "PodChaos",
+            "metadata": { "name": "kill", "namespace": "quilla", "annotations": { "quilla.io/alert": "A" } },
+            "spec": {
+                "action": "pod-kill",
+                "mode": "one",
+                "gracePeriod": 0,
+                "selector": { "namespaces": ["quilla"], "labelSelectors": { "app.kubernetes.io/name": "api" } }
+            }
+        })
+    }
+
+    #[test]
+    fn a_valid_chaos_experiment_passes_its_upstream_crd() {
+        assert_eq!(check(pod_chaos()).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_unknown_field_in_a_chaos_experiment_fails() {
+        let mut object = pod_chaos();
+        object["spec"]["selector"]["labelSelector"] = json!({ "app": "api" });
+        object["metadata"]["labelz"] = json!({});
+        let errors = check(object).unwrap();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("test: PodChaos quilla/kill: /metadata: "), "{errors:?}");
+        assert!(errors[0].contains("'labelz' was unexpected"), "{errors:?}");
+        assert!(errors[1].starts_with("test: PodChaos quilla/kill: /spec/selector: "), "{errors:?}");
+        assert!(errors[1].contains("'labelSelector' was unexpected"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_wrong_type_or_value_in_a_chaos_experiment_fails() {
+        let mut object = pod_chaos();
+        object["spec"]["gracePeriod"] = json!("soon");
+        object["spec"]["action"] = json!("pod-explode");
+        let errors = check(object).unwrap();
+        assert_eq!(
+            errors,
+            [
+                "test: PodChaos quilla/kill: /spec/action: 'pod-explode' is not one of ['pod-kill', 'pod-failure', 'container-kill']",
+                "test: PodChaos quilla/kill: /spec/gracePeriod: 'soon' is not of type 'integer'",
+            ]
+        );
+    }
+
+    /// A CRD of kind Gadget (group example.com) whose `spec.values` keeps unknown fields, in a scratch directory.
+    fn gadget_crds() -> crate::infra::ScratchDir {
+        let scratch = crate::infra::ScratchDir::new("crds").expect("scratch");
+        let crd = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: gadgets.example.com\n\
+                   spec:\n  group: example.com\n  names: {kind: Gadget, plural: gadgets}\n  scope: Namespaced\n  versions:\n\
+                   \x20   - name: v1\n      served: true\n      storage: true\n      schema:\n        openAPIV3Schema:\n\
+                   \x20         type: object\n          properties:\n            apiVersion: {type: string}\n\
+                   \x20           kind: {type: string}\n            metadata: {type: object}\n            spec:\n\
+                   \x20             type: object\n              properties:\n\
+                   \x20               values: {type: object, x-kubernetes-preserve-unknown-fields: true, properties: {size: {type: integer}}}\n\
+                   \x20               port: {x-kubernetes-int-or-string: true, anyOf: [{type: integer}, {type: string}]}\n\
+                   \x20               note: {type: string, nullable: true}\n\
+                   \x20               empty: {type: object}\n\
+                   \x20               template: {type: object, x-kubernetes-embedded-resource: true, properties: {spec: {type: object}}}\n";
+        std::fs::write(scratch.0.join("example.com_gadgets.yaml"), crd).expect("write CRD");
+        scratch
+    }
+
+    #[test]
+    fn a_crd_schema_is_closed_except_where_it_preserves_unknown_fields() {
+        let crds = gadget_crds();
+        let gadget = |spec: serde_json::Value| {
+            let object =
+                json!({ "apiVersion": "example.com/v1", "kind": "Gadget", "metadata": { "name": "g" }, "spec": spec });
+            validate(&[Rendered { source: "test".to_owned(), object }], &crds.0).unwrap()
+        };
+        let valid = json!({ "values": { "size": 1, "free": { "form": [1] } }, "port": "http", "note": null,
+            "empty": {}, "template": { "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "p" }, "spec": {} } });
+        assert_eq!(gadget(valid), Vec::<String>::new());
+        assert_eq!(gadget(json!({ "port": 8080 })), Vec::<String>::new());
+        // Declared fields are still checked inside a node that keeps unknown ones.
+        let errors = gadget(json!({ "values": { "size": "big" } }));
+        assert_eq!(errors, ["test: Gadget g: /spec/values/size: 'big' is not of type 'integer'"]);
+        // An object with no declared fields keeps none (the API server would prune them).
+        let errors = gadget(json!({ "empty": { "x": 1 } }));
+        assert!(errors.len() == 1 && errors[0].contains("/spec/empty: ") && errors[0].contains("'x'"), "{errors:?}");
+        let errors = gadget(json!({ "port": 1.5, "spare": true }));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("test: Gadget g: /spec: ") && errors[0].contains("'spare'"), "{errors:?}");
+        assert!(errors[1].starts_with("test: Gadget g: /spec/port: "), "{errors:?}");
+        // An embedded resource's metadata and the root's are ObjectMeta, strictly.
+        let errors = gadget(json!({ "template": { "metadata": { "nmae": "p" } } }));
+        assert!(errors.len() == 1 && errors[0].contains("/spec/template/metadata: "), "{errors:?}");
+        // A kind whose group has no CRD there is refused.
+        let other = json!({ "apiVersion": "example.com/v2", "kind": "Gadget", "metadata": { "name": "g" } });
+        let errors = validate(&[Rendered { source: "test".to_owned(), object: other }], &crds.0).unwrap();
+        assert_eq!(errors, ["test: Gadget g: /: no schema for example.com/v2 Gadget"]);
     }
 }

@@ -135,37 +135,91 @@ mod tests {
             .unwrap_or_else(|| panic!("no Deployment {name}"))
     }
 
+    /// A change to a copy of the rendered transaction-api Deployment, and the check that must find it.
+    type Weakening = (&'static str, &'static str, fn(&mut serde_json::Value));
+
+    /// The breakages policy.rs once refused itself and now leaves to checkov (its header lists them), and
+    /// a few more: each is a copy of the Deployment named after it, with the check id that must fail on it.
+    const WEAKENINGS: &[Weakening] = &[
+        ("privileged", "CKV_K8S_16", |pod| pod["containers"][0]["securityContext"]["privileged"] = json!(true)),
+        ("host-port", "CKV_K8S_26", |pod| pod["containers"][0]["ports"][0]["hostPort"] = json!(8080)),
+        ("host-pid", "CKV_K8S_17", |pod| pod["hostPID"] = json!(true)),
+        ("host-ipc", "CKV_K8S_18", |pod| pod["hostIPC"] = json!(true)),
+        ("host-network", "CKV_K8S_19", |pod| pod["hostNetwork"] = json!(true)),
+        ("token-mounted", "CKV_K8S_38", |pod| pod["automountServiceAccountToken"] = json!(true)),
+        ("escalation", "CKV_K8S_20", |pod| {
+            pod["containers"][0]["securityContext"].as_object_mut().map(|s| s.remove("allowPrivilegeEscalation"));
+        }),
+        ("writable-root", "CKV_K8S_22", |pod| {
+            pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = json!(false);
+        }),
+        ("keeps-capabilities", "CKV_K8S_37", |pod| {
+            pod["containers"][0]["securityContext"]["capabilities"]["drop"] = json!(["NET_RAW"]);
+        }),
+        ("adds-capability", "CKV_K8S_25", |pod| {
+            pod["containers"][0]["securityContext"]["capabilities"]["add"] = json!(["NET_ADMIN"]);
+        }),
+        ("unconfined", "CKV_K8S_31", |pod| pod["securityContext"]["seccompProfile"]["type"] = json!("Unconfined")),
+        ("no-cpu-request", "CKV_K8S_10", |pod| {
+            pod["containers"][0]["resources"]["requests"].as_object_mut().map(|r| r.remove("cpu"));
+        }),
+        ("no-cpu-limit", "CKV_K8S_11", |pod| {
+            pod["containers"][0]["resources"]["limits"].as_object_mut().map(|l| l.remove("cpu"));
+        }),
+        ("no-memory-request", "CKV_K8S_12", |pod| {
+            pod["containers"][0]["resources"]["requests"].as_object_mut().map(|r| r.remove("memory"));
+        }),
+        ("no-memory-limit", "CKV_K8S_13", |pod| {
+            pod["containers"][0]["resources"]["limits"].as_object_mut().map(|l| l.remove("memory"));
+        }),
+        ("no-liveness", "CKV_K8S_8", |pod| {
+            pod["containers"][0].as_object_mut().map(|c| c.remove("livenessProbe"));
+        }),
+        ("no-readiness", "CKV_K8S_9", |pod| {
+            pod["containers"][0].as_object_mut().map(|c| c.remove("readinessProbe"));
+        }),
+        ("secret-variable", "CKV_K8S_35", |pod| {
+            pod["containers"][0]["env"] = json!([{
+                "name": "QUILLA_DATABASE__URL",
+                "valueFrom": { "secretKeyRef": { "name": "transaction-api-credentials", "key": "database-url" } }
+            }]);
+        }),
+        ("secret-env-from", "CKV_K8S_35", |pod| {
+            pod["containers"][0]["envFrom"] = json!([{ "secretRef": { "name": "transaction-api-credentials" } }]);
+        }),
+        ("latest", "CKV_K8S_14", |pod| pod["containers"][0]["image"] = json!("registry/quilla/app:latest")),
+        ("tag-only", "CKV_K8S_43", |pod| pod["containers"][0]["image"] = json!("registry/quilla/app:1.2.3")),
+    ];
+
     #[test]
     fn the_rendered_deployment_passes_and_each_weakening_is_found() {
         let rendered = super::super::render(&crate::workspace_root(), "environments/spain/prod").expect("render");
-        // The whole overlay: some checks look across objects (a NetworkPolicy selecting each pod).
+        // The whole overlay: some checks look across objects (a NetworkPolicy selecting each pod). Its
+        // migration Jobs pass without probes.
+        assert!(rendered.iter().any(|r| r.object["kind"] == "Job"), "the overlay renders its migration Jobs");
         assert_eq!(scan(&config(), &rendered).expect("scan"), Vec::<String>::new());
         let good = deployment_of(&rendered, "transaction-api");
 
-        let mut privileged = good.clone();
-        privileged.object["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] = json!(true);
-        let mut host_port = good.clone();
-        host_port.object["metadata"]["name"] = json!("host-port");
-        host_port.object["spec"]["template"]["spec"]["containers"][0]["ports"][0]["hostPort"] = json!(8080);
-        let mut secret_variable = good.clone();
-        secret_variable.object["metadata"]["name"] = json!("secret-variable");
-        secret_variable.object["spec"]["template"]["spec"]["containers"][0]["env"] = json!([{
-            "name": "QUILLA_DATABASE__URL",
-            "valueFrom": { "secretKeyRef": { "name": "transaction-api-credentials", "key": "database-url" } }
-        }]);
+        let mut weakened: Vec<Rendered> = (WEAKENINGS.iter())
+            .map(|(name, _, weaken)| {
+                let mut copy = good.clone();
+                copy.object["metadata"]["name"] = json!(name);
+                weaken(&mut copy.object["spec"]["template"]["spec"]);
+                copy
+            })
+            .collect();
         let mut default_namespace = good;
         default_namespace.object["metadata"]["name"] = json!("in-default");
         default_namespace.object["metadata"]["namespace"] = json!("default");
         default_namespace.source = "fixture/default".to_owned();
+        weakened.push(default_namespace);
 
-        let findings = scan(&config(), &[privileged, host_port, secret_variable, default_namespace]).expect("scan");
+        let findings = scan(&config(), &weakened).expect("scan");
         let found = |needle: &str| findings.iter().any(|line| line.contains(needle));
-        assert!(
-            found("environments/spain/prod: Deployment.quilla.transaction-api: CKV_K8S_16 "),
-            "privileged container not found: {findings:#?}"
-        );
-        assert!(found("Deployment.quilla.host-port: CKV_K8S_26 "), "hostPort not found: {findings:#?}");
-        assert!(found("Deployment.quilla.secret-variable: CKV_K8S_35 "), "secret variable not found: {findings:#?}");
+        for (name, check, _) in WEAKENINGS {
+            let needle = format!("environments/spain/prod: Deployment.quilla.{name}: {check} ");
+            assert!(found(&needle), "{check} did not find `{name}`: {findings:#?}");
+        }
         assert!(found("fixture/default: Deployment.default.in-default: CKV_K8S_21 "), "{findings:#?}");
     }
 }
