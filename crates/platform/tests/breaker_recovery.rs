@@ -88,7 +88,9 @@ breaker_open_for = "{}ms""#,
         OPEN_FOR.as_millis()
     ))
     .expect("redis config");
-    let cache = platform::cache::Cache::new("test", &config).expect("cache");
+    // Redis alone: an in-process hit would hide whether Redis answers again.
+    let memory_off = platform::cache::MemoryCacheConfig { max_bytes: 0, ttl: Duration::ZERO };
+    let cache = platform::cache::Cache::new("test", &config, &memory_off).expect("cache");
 
     redis.stop();
     assert_eq!(cache.get::<String>("key").await, None);

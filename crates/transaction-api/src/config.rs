@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use platform::Secret;
 use platform::auth::AuthConfig;
+use platform::cache::MemoryCacheConfig;
 use platform::client::ClientConfig;
 use platform::config::{
     AwsConfig, ConfigError, DatabaseConfig, RedisConfig, Sections, ServerConfig, ServiceConfig, TelemetryConfig,
@@ -29,6 +30,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
+    /// The in-process layer in front of Redis (platform::cache).
+    pub memory_cache: MemoryCacheConfig,
     pub transactions: TransactionsConfig,
     pub webhook: WebhookConfig,
     pub outbox: OutboxConfig,
@@ -194,6 +197,7 @@ impl ServiceConfig for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.auth.validate("auth")?;
         self.database.validate()?;
+        self.memory_cache.validate("memory_cache")?;
         self.transactions.validate()?;
         platform::webhook_signature::validate_key("webhook.signing_key", &self.webhook.signing_key, true)?;
         match url::Url::parse(&self.webhook.url) {
@@ -260,6 +264,16 @@ mod tests {
         let error = with(&format!("{KEY}[outbox]\nlease = \"4s\"\n")).expect_err("2 × 2 s + 500 ms > 4 s");
         assert_eq!(error.key, "outbox.lease");
         with(&format!("{KEY}[outbox]\nlease = \"5s\"\n")).expect("longer than 4.5 s");
+    }
+
+    #[test]
+    fn the_memory_cache_defaults_to_16_mib_for_ten_minutes_and_checks_its_ttl() {
+        let memory = with(KEY).expect("defaults").memory_cache;
+        assert_eq!((memory.max_bytes, memory.ttl), (16 * 1024 * 1024, Duration::from_secs(600)));
+        let error = with(&format!("{KEY}[memory_cache]\nttl = \"0s\"\n")).expect_err("zero");
+        assert_eq!(error.key, "memory_cache.ttl", "{error}");
+        let off = with(&format!("{KEY}[memory_cache]\nmax_bytes = 0\n")).expect("0 turns it off");
+        assert_eq!(off.memory_cache.max_bytes, 0);
     }
 
     #[test]

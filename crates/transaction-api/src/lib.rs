@@ -64,7 +64,7 @@ pub async fn build(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<Ser
             .map_err(|e| anyhow::anyhow!("cannot migrate the `{SCHEMA}` schema: {e}"))?;
     }
     let auth = platform::auth::Authenticator::new(SERVICE, &config.auth)?;
-    let cache = Arc::new(Cache::new("transactions", &config.redis)?);
+    let cache = Arc::new(Cache::new("transactions", &config.redis, &config.memory_cache)?);
     let wake = Arc::new(Notify::new());
     let dispatcher = outbox::Dispatcher {
         pool: pool.clone(),

@@ -210,6 +210,75 @@ impl LocalKeys {
     }
 }
 
+/// What `up` and `bench` run: PostgreSQL, Redis and every service, started by [`start_stack`].
+#[derive(Debug)]
+pub struct Stack {
+    /// In start order (notification-service first); dropped in reverse, so transaction-api's
+    /// dispatcher stops before its webhook target does.
+    pub running: Vec<RunningService>,
+    /// Each service's time from spawn to `/ready`, in start order.
+    pub ready: Vec<(&'static str, Duration)>,
+    pub keys: LocalKeys,
+    pub redis: Daemon,
+    pub postgres: Postgres,
+}
+
+/// How [`start_stack`] builds and runs the services.
+#[derive(Debug, Clone, Copy)]
+pub struct StackOptions<'a> {
+    pub profile: Profile,
+    pub output: Output,
+    /// `(log format, log level)`.
+    pub log: (&'a str, &'a str),
+    /// How long each service may take to become ready.
+    pub ready_within: Duration,
+}
+
+/// Checks the ports, builds the services, starts PostgreSQL (fsync on) and Redis, creates the
+/// database and the local keys, then starts every service and waits until each is ready:
+/// the one way `up` and `bench` bring the product up.
+pub async fn start_stack(options: StackOptions<'_>) -> Result<Stack> {
+    check_ports_free()?;
+    let bin_dir = build(options.profile)?;
+    let postgres = Postgres::start(crate::infra::Durability::Production)?;
+    let redis = Daemon::redis()?;
+    create_database(&postgres)?;
+    // A throwaway token issuer: its JWKS is what the services trust, its key signs `xtask token`.
+    let keys = LocalKeys::create()?;
+    let http = reqwest::Client::new();
+    let (mut running, mut ready) = (Vec::new(), Vec::new());
+    // notification-service first, so transaction-api's first deliveries find it.
+    for service in SERVICES.iter().rev() {
+        let mut started = start(&bin_dir, service, &postgres, &redis, &keys, options.output, options.log)?;
+        ready.push((service.name, wait_ready(&http, &mut started, options.ready_within).await?));
+        running.push(started);
+    }
+    Ok(Stack { running, ready, keys, redis, postgres })
+}
+
+impl Stack {
+    /// Stops the services (transaction-api first), then Redis and PostgreSQL.
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Before the fields drop (Redis, then PostgreSQL): a service never outlives its database.
+        for service in self.running.iter_mut().rev() {
+            service.stop();
+        }
+    }
+}
+
+/// The base URL of a service on its local port from nix/services.toml.
+pub fn local_url(name: &str) -> Result<String> {
+    let spec =
+        SERVICES.iter().find(|s| s.name == name).with_context(|| format!("{name} is not in nix/services.toml"))?;
+    Ok(format!("http://127.0.0.1:{}", spec.port))
+}
+
 /// Makes sure the local ports are free before starting anything.
 pub fn check_ports_free() -> Result<()> {
     for ServiceSpec { name, port, .. } in SERVICES.iter() {
@@ -227,7 +296,15 @@ pub fn create_database(postgres: &Postgres) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::SERVICES;
+    use super::{SERVICES, local_url};
+
+    #[test]
+    fn local_urls_use_the_ports_of_the_shared_list() {
+        for service in SERVICES.iter() {
+            assert_eq!(local_url(service.name).expect("listed"), format!("http://127.0.0.1:{}", service.port));
+        }
+        assert!(local_url("no-such-service").is_err());
+    }
 
     #[test]
     fn services_come_from_the_shared_list() {

@@ -1,51 +1,79 @@
-//! The Redis read cache: used when up, invisible to clients when down, reached over TLS with AUTH.
+//! The read cache: an in-process layer, then Redis; used when up, invisible to clients when down,
+//! scoped to the owner in both layers, Redis reached over TLS with AUTH.
 
 use std::path::Path;
 
 use platform::testkit::RedisServer;
 use serde_json::Value;
 
-use crate::helpers::{Options, binary, brl, spawn_app_with, wait_until_ready};
+use crate::helpers::{ISSUER, Options, TestApp, assert_problem, binary, brl, spawn_app_with, wait_until_ready};
 
-#[tokio::test]
-async fn reads_are_served_from_redis_after_create() {
-    let redis = RedisServer::start();
-    let app = spawn_app_with(Options { redis_url: redis.url(), ..Default::default() }).await;
-    let created: Value = app.post_transaction(&brl("u1", "5.00")).await.json().await.expect("json");
-    let id = created["id"].as_str().expect("id");
-    // Remove the row behind the cache's back: only the cache can still answer.
+/// Removes a transaction's rows behind the cache's back: only a cache can still answer for it.
+async fn delete_rows(app: &TestApp, id: &str) {
     sqlx::query("DELETE FROM outbox WHERE transaction_id = $1").bind(id).execute(&app.pool).await.expect("delete");
     sqlx::query("DELETE FROM transactions WHERE id = $1").bind(id).execute(&app.pool).await.expect("delete");
-    let cached: Value = app.get(&format!("/transactions/{id}")).await.json().await.expect("json");
-    assert_eq!(cached, created);
+}
+
+/// `GET path` with a customer token for `user`.
+async fn get_as(app: &TestApp, user: &str, path: &str) -> reqwest::Response {
+    app.anonymous.get(app.server.url(path)).bearer_auth(ISSUER.customer(user)).send().await.expect("sent")
+}
+
+/// Only the owner (and a service) reads a cached transaction; to anyone else it is an unknown id.
+async fn assert_scoped_to_u1(app: &TestApp, path: &str, created: &Value) {
+    let owner = get_as(app, "u1", path).await;
+    assert_eq!(owner.status().as_u16(), 200);
+    assert_eq!(&owner.json::<Value>().await.expect("json"), created);
+    let foreign = assert_problem(get_as(app, "u2", path).await, 404).await;
+    let unknown = assert_problem(get_as(app, "u2", "/transactions/txn_01jc3v6p6m9x2s8q4r7t5w1y0z").await, 404).await;
+    assert_eq!(foreign["title"], unknown["title"], "a foreign id looks exactly like an unknown one");
+    let served: Value = app.get(path).await.json().await.expect("json");
+    assert_eq!(&served, created, "a service reads it");
 }
 
 #[tokio::test]
-async fn every_request_succeeds_when_redis_stops_mid_test() {
+async fn reads_are_served_from_redis_after_create_and_scoped_to_the_owner() {
+    let redis = RedisServer::start();
+    // Redis alone: the in-process layer would answer first.
+    let extra_toml = "[memory_cache]\nmax_bytes = 0\n".to_owned();
+    let app = spawn_app_with(Options { redis_url: redis.url(), extra_toml, ..Default::default() }).await;
+    let created: Value = app.post_transaction(&brl("u1", "5.00")).await.json().await.expect("json");
+    let id = created["id"].as_str().expect("id");
+    delete_rows(&app, id).await;
+    assert_scoped_to_u1(&app, &format!("/transactions/{id}"), &created).await;
+}
+
+#[tokio::test]
+async fn reads_are_served_from_memory_without_redis_or_the_row_and_scoped_to_the_owner() {
     let mut redis = RedisServer::start();
-    let app = spawn_app_with(Options { redis_url: redis.url(), ..Default::default() }).await;
-    let before: Value = app.post_transaction(&brl("u1", "1.00")).await.json().await.expect("json");
+    let database_url = platform::testkit::fresh_database().await;
+    let options = Options { redis_url: redis.url(), database_url: Some(database_url), ..Default::default() };
+    let writer = spawn_app_with(options.clone()).await;
+    // A second replica on the same database and Redis: it learns of the transaction from Redis.
+    let reader = spawn_app_with(options).await;
+    let created: Value = writer.post_transaction(&brl("u1", "6.00")).await.json().await.expect("json");
+    let path = format!("/transactions/{}", created["id"].as_str().expect("id"));
+    assert_eq!(reader.get(&path).await.status().as_u16(), 200, "a Redis hit, now kept in the reader's memory");
 
     redis.stop();
-    for round in 0..20 {
-        let created = app.post_transaction(&brl("u1", "2.00")).await;
-        assert_eq!(created.status().as_u16(), 201, "create #{round} with Redis down");
-        let created: Value = created.json().await.expect("json");
-        for id in [&before["id"], &created["id"]] {
-            let fetched = app.get(&format!("/transactions/{}", id.as_str().expect("id"))).await;
-            assert_eq!(fetched.status().as_u16(), 200, "read #{round} with Redis down");
-        }
+    delete_rows(&writer, created["id"].as_str().expect("id")).await;
+    // The writer kept it when it created it; the reader when Redis answered.
+    for app in [&writer, &reader] {
+        assert_scoped_to_u1(app, &path, &created).await;
     }
-    let ready: Value = app.get("/ready").await.json().await.expect("json");
-    assert_eq!(ready["status"], "ready", "Redis is reported, not fatal");
-    assert_eq!(ready["checks"]["redis"], "down");
-    let metrics = app.get("/metrics").await.text().await.expect("text");
-    assert!(metrics.contains(r#"outcome="error""#) || metrics.contains(r#"outcome="skipped""#), "{metrics}");
 
-    redis.restart();
-    tokio::time::sleep(std::time::Duration::from_millis(5500)).await; // the breaker's open period
-    let after = app.post_transaction(&brl("u1", "3.00")).await;
-    assert_eq!(after.status().as_u16(), 201);
+    let metrics = reader.get("/metrics").await.text().await.expect("text");
+    let memory_hits = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("cache_operations_total") && l.contains(r#"layer="memory""#) && l.contains(r#"outcome="hit""#)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok());
+    assert!(memory_hits.is_some_and(|n| n >= 3.0), "{metrics}");
+    for family in ["cache_memory_entries", "cache_memory_bytes", "cache_memory_evictions_total"] {
+        assert!(metrics.contains(family), "missing {family} in\n{metrics}");
+    }
 }
 
 /// What the real binary's `/ready` says of Redis when its URL is read from `url_file` (a `file://`
