@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod events;
 pub mod extract;
 pub mod ids;
 pub mod metrics;
