@@ -52,14 +52,6 @@ impl ServiceConfig for Config {
         Sections { server: &self.server, telemetry: &self.telemetry, aws: &self.aws }
     }
 
-    fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)> {
-        vec![
-            ("database.url", &mut self.database.url),
-            ("webhook.signing_key", &mut self.webhook.signing_key),
-            ("webhook.previous_signing_key", &mut self.webhook.previous_signing_key),
-        ]
-    }
-
     fn validate(&self) -> Result<(), ConfigError> {
         self.auth.validate("auth")?;
         self.database.validate()?;

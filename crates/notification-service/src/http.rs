@@ -6,8 +6,9 @@ use axum::Json;
 use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use platform::auth::{Authenticator, Principal};
+use platform::events::{Event, EventData, TransactionCreated};
 use platform::extract::{ApiJson, ApiPath, ApiQuery, RawJson, parse_json};
 use platform::webhook_signature::{self, ID_HEADER, SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER};
 use platform::{FieldError, Problem, Secret};
@@ -16,9 +17,6 @@ use sqlx::PgPool;
 
 use crate::config::PaginationConfig;
 use crate::store::{self, Notification, Recorded};
-
-/// The only event type this service consumes today.
-pub const TRANSACTION_CREATED: &str = "transaction.created";
 
 /// Shared handler state.
 #[derive(Debug, Clone)]
@@ -51,27 +49,6 @@ pub struct NotifyRequest {
     pub user_id: String,
     #[schema(example = "Your card was charged 100.50 BRL")]
     pub message: String,
-}
-
-/// A transaction event as transaction-api sends it. Unknown fields are tolerated: producers may
-/// add fields without breaking receivers.
-#[derive(Debug, Deserialize)]
-struct TransactionEvent {
-    id: String,
-    #[serde(rename = "type")]
-    event_type: String,
-    data: TransactionData,
-}
-
-#[derive(Debug, Deserialize)]
-struct TransactionData {
-    id: String,
-    user_id: String,
-    /// Exact decimal text, shown as sent.
-    amount: String,
-    currency: String,
-    status: String,
-    created_at: DateTime<Utc>,
 }
 
 /// A page of notifications.
@@ -191,13 +168,15 @@ pub async fn receive_transaction_event(
             SignatureError::Mismatch => "the signature does not match".to_owned(),
         }));
     }
-    let event: TransactionEvent = parse_json(&body).inspect_err(|_| count_webhook("invalid"))?;
+    // The only event type this service consumes today, as transaction-api sends it.
+    let event: Event<TransactionCreated> = parse_json(&body).inspect_err(|_| count_webhook("invalid"))?;
     let mut errors = Vec::new();
     if event.id != event_id {
         errors.push(FieldError::new("id", "must equal the webhook-id header"));
     }
-    if event.event_type != TRANSACTION_CREATED {
-        errors.push(FieldError::new("type", format!("unsupported event type; expected `{TRANSACTION_CREATED}`")));
+    if !event.has_type_of_its_data() {
+        let expected = TransactionCreated::TYPE;
+        errors.push(FieldError::new("type", format!("unsupported event type; expected `{expected}`")));
     }
     check_user_id(&event.data.user_id, &mut errors, "data.user_id");
     if !errors.is_empty() {

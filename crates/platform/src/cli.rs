@@ -100,10 +100,6 @@ impl ServiceConfig for MigrationConfig {
         config::Sections { server: &self.server, telemetry: &self.telemetry, aws: &self.aws }
     }
 
-    fn secrets_mut(&mut self) -> Vec<(&'static str, &mut crate::Secret)> {
-        vec![("database.url", &mut self.database.url)]
-    }
-
     fn validate(&self) -> Result<(), config::ConfigError> {
         self.database.validate()
     }

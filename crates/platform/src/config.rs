@@ -64,8 +64,6 @@ pub struct Sections<'a> {
 pub trait ServiceConfig: DeserializeOwned + Serialize + fmt::Debug + Send + Sync + 'static {
     /// The shared sections the platform reads (listener, logging, AWS).
     fn sections(&self) -> Sections<'_>;
-    /// Every secret in the config with its dotted key, so references can be resolved at startup.
-    fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)>;
     /// Cross-field checks that types alone cannot express. Default: none.
     fn validate(&self) -> Result<(), ConfigError> {
         Ok(())
@@ -402,9 +400,6 @@ mod tests {
     impl ServiceConfig for TestConfig {
         fn sections(&self) -> Sections<'_> {
             Sections { server: &self.server, telemetry: &self.telemetry, aws: &self.aws }
-        }
-        fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)> {
-            vec![("database.url", &mut self.database.url)]
         }
         fn validate(&self) -> Result<(), ConfigError> {
             self.database.validate()

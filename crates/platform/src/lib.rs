@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod events;
 pub mod extract;
 pub mod ids;
 pub mod metrics;
@@ -17,7 +18,6 @@ pub mod secret_references;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
-pub mod trace_context;
 pub mod webhook_signature;
 
 #[cfg(feature = "testkit")]

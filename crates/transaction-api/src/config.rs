@@ -186,14 +186,6 @@ impl ServiceConfig for Config {
         Sections { server: &self.server, telemetry: &self.telemetry, aws: &self.aws }
     }
 
-    fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)> {
-        vec![
-            ("database.url", &mut self.database.url),
-            ("redis.url", &mut self.redis.url),
-            ("webhook.signing_key", &mut self.webhook.signing_key),
-        ]
-    }
-
     fn validate(&self) -> Result<(), ConfigError> {
         self.auth.validate("auth")?;
         self.database.validate()?;

@@ -5,12 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use platform::Secret;
 use platform::client::{ClientError, ResilientClient, backoff};
-use platform::trace_context::TraceContext;
+use platform::events::{Event, EventData, TransactionCreated};
 use platform::webhook_signature::{self, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -19,31 +18,26 @@ use tracing::Instrument;
 use crate::config::OutboxConfig;
 use crate::store::{OutboxEvent, Transaction};
 
-/// The event type announcing a new transaction.
-pub const TRANSACTION_CREATED: &str = "transaction.created";
-
 /// Pending and dead-lettered events, for the gauges. One scalar subquery per status, so each is
 /// counted from its own partial index (`outbox_due`, `outbox_dead`) and the delivered rows, nearly
 /// all of the table, are never read; one `WHERE status IN (…)` over both matches neither index.
 pub const GAUGE_COUNTS: &str = "SELECT (SELECT count(*) FROM outbox WHERE status = 'pending'),
             (SELECT count(*) FROM outbox WHERE status = 'dead')";
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    event_type: &'a str,
-    created_at: DateTime<Utc>,
-    data: &'a Transaction,
-}
-
-/// Builds the `transaction.created` event for a transaction.
+/// Builds the `transaction.created` event for a transaction; `traceparent` is the creating
+/// request's trace context, so the delivery joins its trace.
 pub fn transaction_created(transaction: &Transaction, traceparent: Option<String>) -> OutboxEvent {
     let event_id = platform::ids::new_id("evt");
-    let envelope =
-        Envelope { id: &event_id, event_type: TRANSACTION_CREATED, created_at: Utc::now(), data: transaction };
-    let payload = serde_json::to_string(&envelope).unwrap_or_else(|_| unreachable!("plain structs serialise"));
-    OutboxEvent { event_id, event_type: TRANSACTION_CREATED, payload, traceparent }
+    let data = TransactionCreated {
+        id: transaction.id.clone(),
+        user_id: transaction.user_id.clone(),
+        amount: transaction.amount.clone(),
+        currency: transaction.currency.clone(),
+        status: transaction.status.clone(),
+        created_at: transaction.created_at,
+    };
+    let payload = Event::new(event_id.clone(), Utc::now(), data).to_json();
+    OutboxEvent { event_id, event_type: TransactionCreated::TYPE, payload, traceparent }
 }
 
 /// Where and how events are delivered.
@@ -171,12 +165,18 @@ impl Dispatcher {
             event.payload.as_bytes(),
         );
         // The delivery is a span in the trace of the request that created the transaction.
-        let span = tracing::info_span!("webhook delivery", otel.name = "POST webhook", event_id = %event.event_id);
-        let trace = platform::telemetry::join_trace(&span, event.traceparent.as_deref().and_then(TraceContext::parse));
+        let span = tracing::info_span!(
+            "webhook delivery",
+            otel.name = "POST webhook",
+            event_id = %event.event_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        platform::telemetry::follow_traceparent(&span, event.traceparent.as_deref());
         let started = Instant::now();
         let result = self
             .client
-            .send_idempotent(Some(trace), |http| {
+            .send_idempotent(|http| {
                 http.post(&self.url)
                     .header("content-type", "application/json")
                     .header(ID_HEADER, &event.event_id)
@@ -253,5 +253,41 @@ impl Dispatcher {
             metrics::gauge!("outbox_pending_events").set(pending as f64);
             metrics::gauge!("outbox_dead_letter_events").set(dead as f64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_stored_is_what_the_consumer_reads() {
+        let transaction = Transaction {
+            id: platform::ids::new_id("txn"),
+            user_id: "u1".to_owned(),
+            amount: "100.50".to_owned(),
+            currency: "BRL".to_owned(),
+            status: "completed".to_owned(),
+            created_at: Utc::now(),
+        };
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned();
+        let event = transaction_created(&transaction, Some(traceparent.clone()));
+        assert_eq!((event.event_type, event.traceparent), ("transaction.created", Some(traceparent)));
+        // notification-service reads the body with this type (its webhook handler).
+        let read: Event<TransactionCreated> = serde_json::from_str(&event.payload).expect("the consumer reads it");
+        assert_eq!(read.id, event.event_id);
+        assert!(read.has_type_of_its_data());
+        let data = read.data;
+        assert_eq!(
+            (data.id, data.user_id, data.amount, data.currency, data.status, data.created_at),
+            (
+                transaction.id,
+                transaction.user_id,
+                transaction.amount,
+                transaction.currency,
+                transaction.status,
+                transaction.created_at
+            )
+        );
     }
 }

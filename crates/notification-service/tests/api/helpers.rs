@@ -2,9 +2,10 @@
 
 use notification_service::{Config, DEFAULTS, build};
 use platform::config::{Sources, load};
+use platform::events::{Event, TransactionCreated};
 use platform::testkit::{TestIssuer, TestServer, fresh_database};
 use platform::webhook_signature::{self, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub const SIGNING_KEY: &str = "test-signing-key-0123456789abcdef";
 
@@ -49,22 +50,17 @@ async fn spawn(database_url: &str, extra_webhook_toml: &str, extra_database_toml
     TestApp { server, http: issuer.service_client(), anonymous: reqwest::Client::new(), issuer }
 }
 
-/// A `transaction.created` event body as transaction-api sends it.
+/// A `transaction.created` event body as transaction-api sends it (the shared type, serialised).
 pub fn transaction_event(event_id: &str, user_id: &str) -> String {
-    json!({
-        "id": event_id,
-        "type": "transaction.created",
-        "created_at": chrono::Utc::now(),
-        "data": {
-            "id": platform::ids::new_id("txn"),
-            "user_id": user_id,
-            "amount": "100.50",
-            "currency": "BRL",
-            "status": "completed",
-            "created_at": chrono::Utc::now(),
-        }
-    })
-    .to_string()
+    let data = TransactionCreated {
+        id: platform::ids::new_id("txn"),
+        user_id: user_id.to_owned(),
+        amount: "100.50".to_owned(),
+        currency: "BRL".to_owned(),
+        status: "completed".to_owned(),
+        created_at: chrono::Utc::now(),
+    };
+    Event::new(event_id, chrono::Utc::now(), data).to_json()
 }
 
 impl TestApp {
