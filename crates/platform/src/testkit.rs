@@ -413,7 +413,7 @@ impl TestServer {
         lifecycle: Lifecycle,
         port: u16,
     ) -> Self {
-        crate::cli::install_crypto_provider();
+        crate::bootstrap::install_crypto_provider();
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the test port");
         let address = listener.local_addr().expect("local address");
         let task = tokio::spawn(crate::server::serve(service, config.clone(), listener, lifecycle.clone()));

@@ -8,7 +8,7 @@ use platform::testkit;
 
 #[tokio::test]
 async fn probes_and_metrics_are_served_on_the_admin_port_only() {
-    platform::cli::install_crypto_provider();
+    platform::bootstrap::install_crypto_provider();
     let routes = Router::new().route("/things", get(|| async { "things" }));
     let service = testkit::service_without_database("admin-test", routes);
     let api = std::net::TcpListener::bind("127.0.0.1:0").expect("bind api");

@@ -26,7 +26,7 @@ fn client(ca_path: Option<std::path::PathBuf>) -> ResilientClient {
 
 #[tokio::test]
 async fn the_client_verifies_the_receiver_against_its_ca_and_never_follows_redirects() {
-    platform::cli::install_crypto_provider();
+    platform::bootstrap::install_crypto_provider();
     let dir = TempDir::new("client-tls");
     let (our_ca, other_ca) = (TestCa::new("quilla internal CA"), TestCa::new("some other CA"));
     let (server_certificate, server_key) = our_ca.issue(&["localhost"]);

@@ -37,7 +37,7 @@ struct Server {
 
 impl Server {
     async fn start(mut config: ServerConfig, with_admin: bool) -> Self {
-        platform::cli::install_crypto_provider();
+        platform::bootstrap::install_crypto_provider();
         platform::metrics::install(&[]);
         let routes = Router::new().route("/things", get(|| async { "things" }));
         let service = testkit::service_without_database("slow-clients", routes);

@@ -9,7 +9,7 @@ use platform::testkit;
 
 #[tokio::test]
 async fn serves_https_with_the_configured_certificate_and_refuses_plain_http() {
-    platform::cli::install_crypto_provider();
+    platform::bootstrap::install_crypto_provider();
     let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
     let dir = testkit::TempDir::new("tls");
     let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
