@@ -37,14 +37,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// Connects the database, migrates, and assembles the routes.
 pub async fn build(config: &Config, _lifecycle: &Lifecycle) -> anyhow::Result<Service> {
     platform::metrics::install(&[]);
-    let pool = platform::db::pool(&config.database, SCHEMA)?;
-    platform::db::reload_credentials(&pool, &config.database, SCHEMA, platform::db::CREDENTIALS_RELOAD_INTERVAL);
-    // Local runs migrate here; clusters serve as a role that cannot, and migrate in a Job.
-    if config.database.migrate_on_start {
-        platform::db::migrate(&pool, SCHEMA, &MIGRATOR)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot migrate the `{SCHEMA}` schema: {e}"))?;
-    }
+    let pool = platform::db::connect(&config.database, SCHEMA, &MIGRATOR).await?;
     let auth = platform::auth::Authenticator::new(SERVICE, &config.auth)?;
     let state = http::AppState {
         auth,
@@ -59,5 +52,8 @@ pub async fn build(config: &Config, _lifecycle: &Lifecycle) -> anyhow::Result<Se
         .route("/webhooks/transactions", post(http::receive_transaction_event))
         .route("/notifications/{user_id}", get(http::list_notifications))
         .with_state(state);
-    Ok(Service { name: SERVICE, routes, openapi: openapi(), database: pool, cache: None, workers: Vec::new() })
+    Ok(Service::new(SERVICE, routes)
+        .with_openapi(openapi())
+        .with_readiness(platform::db::readiness_check(&pool))
+        .on_stop(platform::db::close_on_stop(&pool)))
 }

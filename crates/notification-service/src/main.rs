@@ -1,10 +1,10 @@
-//! notification-service binary: see `platform::cli` for commands and configuration.
+//! notification-service binary: see `platform::bootstrap` for commands and configuration.
 
 use std::process::ExitCode;
 
 use notification_service::{Config, DEFAULTS, MIGRATOR, SCHEMA, SERVICE, build};
-use platform::cli::Migrations;
+use platform::bootstrap::Migrations;
 
 fn main() -> ExitCode {
-    platform::cli::main::<Config, _>(SERVICE, DEFAULTS, build, Migrations { schema: SCHEMA, migrator: &MIGRATOR })
+    platform::bootstrap::main::<Config, _>(SERVICE, DEFAULTS, build, Migrations { schema: SCHEMA, migrator: &MIGRATOR })
 }

@@ -415,3 +415,13 @@ mod tests {
         config(0, Duration::ZERO).validate("memory_cache").expect("off: the ttl is unused");
     }
 }
+
+/// `/ready`'s `redis` check: reported, never required, since reads and writes fall back to
+/// PostgreSQL without Redis. Bounded by the cache's operation timeout.
+pub fn readiness_check(cache: &std::sync::Arc<Cache>) -> crate::server::ReadinessCheck {
+    let (cache, timeout) = (cache.clone(), cache.operation_timeout);
+    crate::server::ReadinessCheck::reported("redis", timeout, move || {
+        let cache = cache.clone();
+        async move { cache.is_reachable().await }
+    })
+}

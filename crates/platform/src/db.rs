@@ -1,6 +1,7 @@
 //! PostgreSQL: a pool bound to the service's own schema, TLS mode and CA bundle from config,
 //! credentials re-read from their file after a rotation, embedded migrations run as the schema's
-//! owner. The roles and grants themselves are in [`roles`] (docs/adr/0008).
+//! owner, the pool's readiness check and stop hook. The roles and grants themselves are in
+//! [`roles`] (docs/adr/0008).
 
 pub mod roles;
 
@@ -12,6 +13,24 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::config::{ConfigError, DatabaseConfig, SslMode};
+use crate::server::{ReadinessCheck, StopHook};
+
+/// A service's pool, ready to serve: built from `config` for `schema`, following credential
+/// rotations (see [`reload_credentials`]), and migrated with `migrator` first when
+/// `database.migrate_on_start` is set (local runs; clusters serve as a role that cannot, and
+/// migrate in a Job). Register [`readiness_check`] and [`close_on_stop`] with the service.
+pub async fn connect(config: &DatabaseConfig, schema: &'static str, migrator: &Migrator) -> anyhow::Result<PgPool> {
+    let pool = pool(config, schema)?;
+    reload_credentials(&pool, config, schema, CREDENTIALS_RELOAD_INTERVAL);
+    if config.migrate_on_start {
+        migrate(&pool, schema, migrator).await.map_err(|e| migration_failed(schema, &e))?;
+    }
+    Ok(pool)
+}
+
+fn migration_failed(schema: &str, error: &sqlx::Error) -> anyhow::Error {
+    anyhow::anyhow!("cannot migrate the `{schema}` schema: {error}")
+}
 
 /// Builds a lazily connecting pool whose sessions use `schema` as their search path, so each
 /// service owns one schema (`transactions`, `notifications`) in the shared database.
@@ -91,7 +110,7 @@ pub async fn run_migrations(config: &DatabaseConfig, schema: &'static str, migra
     let pool = pool(&DatabaseConfig { max_connections: 1, min_connections: 0, ..config.clone() }, schema)?;
     let result = migrate(&pool, schema, migrator).await;
     pool.close().await;
-    result.map_err(|e| anyhow::anyhow!("cannot migrate the `{schema}` schema: {e}"))
+    result.map_err(|e| migration_failed(schema, &e))
 }
 
 /// Applies the embedded migrations to `schema`, as the role that owns it.
@@ -144,9 +163,28 @@ async fn migrate_on(
     Ok(())
 }
 
-/// Whether PostgreSQL answers a trivial query (used by `/ready`).
+/// Whether PostgreSQL answers a trivial query.
 pub async fn is_reachable(pool: &PgPool) -> bool {
     sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool).await.is_ok()
+}
+
+/// How long `/ready` waits for PostgreSQL.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `/ready`'s `postgres` check: required, since without its database a service serves nothing.
+pub fn readiness_check(pool: &PgPool) -> ReadinessCheck {
+    let pool = pool.clone();
+    ReadinessCheck::required("postgres", READINESS_TIMEOUT, move || {
+        let pool = pool.clone();
+        async move { is_reachable(&pool).await }
+    })
+}
+
+/// Closes the pool at shutdown, once the workers that use it have stopped: PostgreSQL sees its
+/// sessions end cleanly instead of dropped sockets.
+pub fn close_on_stop(pool: &PgPool) -> StopHook {
+    let pool = pool.clone();
+    StopHook::new("close the PostgreSQL pool", move || async move { pool.close().await })
 }
 
 /// Seconds a client is told to wait before retrying when the database is unavailable.

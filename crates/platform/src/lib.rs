@@ -1,9 +1,9 @@
 //! Quilla's shared runtime: everything a service needs besides its own domain logic.
 
 pub mod auth;
+pub mod bootstrap;
 pub mod breaker;
 pub mod cache;
-pub mod cli;
 pub mod client;
 pub mod config;
 pub mod db;

@@ -2,7 +2,11 @@
 //!
 //! Shutdown, in order: (1) a signal arrives; (2) `/ready` turns 503 so load balancers stop
 //! sending traffic; (3) after `drain_delay` the listener stops accepting; (4) in-flight requests
-//! get `shutdown_grace` to finish; (5) background workers are cancelled and awaited; (6) exit.
+//! get `shutdown_grace` to finish; (5) background workers are cancelled and awaited; (6) the
+//! service's stop hooks run, in the order it registered them (e.g. closing its pool); (7) exit.
+//!
+//! The server knows no database or cache: a service registers what `/ready` checks and what
+//! shutdown closes ([`ReadinessCheck`], [`StopHook`], made by `platform::db` and `platform::cache`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,12 +21,10 @@ use axum::routing::get;
 use axum_server::Handle;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use serde_json::json;
-use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::cache::Cache;
 use crate::config::{ServerConfig, TlsConfig};
 use crate::extract::BodyLimit;
 use crate::problem::{self, Problem};
@@ -30,12 +32,14 @@ use crate::rate_limit::RateLimiter;
 use crate::{metrics as red, telemetry};
 
 mod connections;
+mod hooks;
 
 use connections::{ConnectionLimits, GuardAcceptor, Limited};
+pub use hooks::{ReadinessCheck, StopHook};
 
 /// The liveness probe: cheap, and never rate limited (a refused liveness probe restarts the pod).
 const HEALTH: &str = "/health";
-/// The readiness probe: a PostgreSQL and a Redis round trip, so behind the admin rate limit.
+/// The readiness probe: runs the service's checks (database round trips), so behind the admin rate limit.
 const READY: &str = "/ready";
 /// Renders every series, so behind the admin rate limit.
 const METRICS: &str = "/metrics";
@@ -101,17 +105,58 @@ pub struct Service {
     /// The service's own routes, state already applied.
     pub routes: Router,
     pub openapi: utoipa::openapi::OpenApi,
-    pub database: PgPool,
-    pub cache: Option<Arc<Cache>>,
+    /// What `/ready` checks, each reported by name; none: ready whenever not draining.
+    pub readiness: Vec<ReadinessCheck>,
     /// Background workers; they must stop when `Lifecycle::workers_stop` is cancelled.
     pub workers: Vec<JoinHandle<()>>,
+    /// Run in order once the workers have stopped.
+    pub stop_hooks: Vec<StopHook>,
+}
+
+impl Service {
+    /// A service of `routes` alone: an empty OpenAPI document, no checks, workers or hooks.
+    pub fn new(name: &'static str, routes: Router) -> Self {
+        Self {
+            name,
+            routes,
+            openapi: utoipa::openapi::OpenApiBuilder::new().build(),
+            readiness: Vec::new(),
+            workers: Vec::new(),
+            stop_hooks: Vec::new(),
+        }
+    }
+
+    pub fn with_openapi(mut self, openapi: utoipa::openapi::OpenApi) -> Self {
+        self.openapi = openapi;
+        self
+    }
+
+    /// Adds a check to `/ready`.
+    pub fn with_readiness(mut self, check: ReadinessCheck) -> Self {
+        self.readiness.push(check);
+        self
+    }
+
+    /// Adds a background worker, awaited at shutdown.
+    pub fn with_worker(mut self, worker: JoinHandle<()>) -> Self {
+        self.workers.push(worker);
+        self
+    }
+
+    /// Adds a hook run at shutdown, after the workers and the hooks added before it.
+    pub fn on_stop(mut self, hook: StopHook) -> Self {
+        self.stop_hooks.push(hook);
+        self
+    }
 }
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service")
             .field("name", &self.name)
+            .field("readiness", &self.readiness)
             .field("workers", &self.workers.len())
+            .field("stop_hooks", &self.stop_hooks)
             .finish_non_exhaustive()
     }
 }
@@ -119,8 +164,7 @@ impl std::fmt::Debug for Service {
 #[derive(Clone)]
 struct ProbeState {
     lifecycle: Lifecycle,
-    database: PgPool,
-    cache: Option<Arc<Cache>>,
+    checks: Arc<[ReadinessCheck]>,
     openapi: Arc<String>,
 }
 
@@ -128,8 +172,7 @@ struct ProbeState {
 fn admin_routes(service: &Service, lifecycle: &Lifecycle) -> Router {
     let state = ProbeState {
         lifecycle: lifecycle.clone(),
-        database: service.database.clone(),
-        cache: service.cache.clone(),
+        checks: service.readiness.clone().into(),
         openapi: Arc::new(service.openapi.to_json().unwrap_or_else(|_| "{}".to_owned())),
     };
     Router::new()
@@ -212,26 +255,28 @@ async fn health() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 
+/// 200 `{"status": "ready", "checks": {"<name>": "up" | "down", …}}` when every required check
+/// passes (reported ones may be down); otherwise a 503 problem with the same `checks`, naming
+/// the required checks that failed. While draining, 503 without running any.
 async fn ready(State(state): State<ProbeState>) -> Response {
     if state.lifecycle.is_draining() {
         return Problem::service_unavailable("shutting down").with_extension("checks", json!({})).into_response();
     }
-    let probe_timeout = Duration::from_secs(2);
-    let postgres = tokio::time::timeout(probe_timeout, crate::db::is_reachable(&state.database)).await.unwrap_or(false);
-    let redis = match &state.cache {
-        Some(cache) => Some(cache.is_reachable().await),
-        None => None,
-    };
-    let status = |up: bool| if up { "up" } else { "down" };
-    let mut checks = json!({ "postgres": status(postgres) });
-    if let Some(up) = redis {
-        // Reported, never fatal: reads and writes fall back to PostgreSQL.
-        checks["redis"] = json!(status(up));
+    let results = futures::future::join_all(state.checks.iter().map(async |check| (check, check.is_up().await))).await;
+    let mut checks = serde_json::Map::new();
+    let mut failed = Vec::new();
+    for (check, up) in results {
+        checks.insert(check.name().to_owned(), json!(if up { "up" } else { "down" }));
+        if !up && check.is_required() {
+            failed.push(check.name());
+        }
     }
-    if postgres {
+    if failed.is_empty() {
         axum::Json(json!({ "status": "ready", "checks": checks })).into_response()
     } else {
-        Problem::service_unavailable("PostgreSQL is unreachable").with_extension("checks", checks).into_response()
+        Problem::service_unavailable(format!("not ready: {} down", failed.join(", ")))
+            .with_extension("checks", checks.into())
+            .into_response()
     }
 }
 
@@ -370,7 +415,9 @@ pub async fn serve(
     for worker in service.workers {
         let _ = worker.await;
     }
-    service.database.close().await;
+    for hook in service.stop_hooks {
+        hook.run().await;
+    }
     tracing::info!(service = service.name, "stopped");
     served.and(admin_served)
 }

@@ -60,21 +60,6 @@ admin_rate_limit = { requests_per_second = 0, burst = 1 }"#,
     .expect("test server config")
 }
 
-/// A service made of `routes` alone, whose database pool points nowhere and is never used.
-pub fn service_without_database(name: &'static str, routes: axum::Router) -> Service {
-    let database = sqlx::postgres::PgPoolOptions::new()
-        .connect_lazy("postgres://nobody@127.0.0.1:9/none")
-        .expect("a lazy pool needs no connection");
-    Service {
-        name,
-        routes,
-        openapi: utoipa::openapi::OpenApiBuilder::new().build(),
-        database,
-        cache: None,
-        workers: Vec::new(),
-    }
-}
-
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
@@ -413,7 +398,7 @@ impl TestServer {
         lifecycle: Lifecycle,
         port: u16,
     ) -> Self {
-        crate::cli::install_crypto_provider();
+        crate::bootstrap::install_crypto_provider();
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the test port");
         let address = listener.local_addr().expect("local address");
         let task = tokio::spawn(crate::server::serve(service, config.clone(), listener, lifecycle.clone()));

@@ -1,16 +1,23 @@
 //! With `server.admin_port` set, probes and metrics live on their own listener: the API port
 //! (the one the Ingress routes to) answers them with 404, and the admin port answers nothing else.
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::routing::get;
-use platform::server::{Lifecycle, Listeners};
+use platform::server::{Lifecycle, Listeners, ReadinessCheck, Service};
 use platform::testkit;
 
 #[tokio::test]
 async fn probes_and_metrics_are_served_on_the_admin_port_only() {
-    platform::cli::install_crypto_provider();
+    platform::bootstrap::install_crypto_provider();
     let routes = Router::new().route("/things", get(|| async { "things" }));
-    let service = testkit::service_without_database("admin-test", routes);
+    // A required check that fails, as for a database that points nowhere.
+    let service = Service::new("admin-test", routes).with_readiness(ReadinessCheck::required(
+        "postgres",
+        Duration::from_millis(100),
+        || async { false },
+    ));
     let api = std::net::TcpListener::bind("127.0.0.1:0").expect("bind api");
     let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("bind admin");
     let (api_url, admin_url) = (
@@ -45,7 +52,7 @@ async fn probes_and_metrics_are_served_on_the_admin_port_only() {
     assert_eq!(status(format!("{admin_url}/health")).await, 200);
     assert_eq!(status(format!("{admin_url}/metrics")).await, 200);
     assert_eq!(status(format!("{admin_url}/openapi.json")).await, 200);
-    // This service's database points nowhere: readiness answers, and says no.
+    // Readiness answers on the admin port, and says no.
     assert_eq!(status(format!("{admin_url}/ready")).await, 503);
     assert_eq!(status(format!("{admin_url}/things")).await, 404, "API routes are not on the admin port");
 

@@ -8,7 +8,7 @@ use axum::response::Redirect;
 use axum::routing::get;
 use platform::client::{ClientConfig, ClientError, ResilientClient};
 use platform::config::TlsConfig;
-use platform::server::Lifecycle;
+use platform::server::{Lifecycle, Service};
 use platform::testkit::{self, TempDir, TestCa};
 
 fn client(ca_path: Option<std::path::PathBuf>) -> ResilientClient {
@@ -26,7 +26,7 @@ fn client(ca_path: Option<std::path::PathBuf>) -> ResilientClient {
 
 #[tokio::test]
 async fn the_client_verifies_the_receiver_against_its_ca_and_never_follows_redirects() {
-    platform::cli::install_crypto_provider();
+    platform::bootstrap::install_crypto_provider();
     let dir = TempDir::new("client-tls");
     let (our_ca, other_ca) = (TestCa::new("quilla internal CA"), TestCa::new("some other CA"));
     let (server_certificate, server_key) = our_ca.issue(&["localhost"]);
@@ -41,7 +41,7 @@ async fn the_client_verifies_the_receiver_against_its_ca_and_never_follows_redir
     let routes = Router::new()
         .route("/hook", get(|| async { "delivered" }))
         .route("/moved", get(|| async { Redirect::temporary("/hook") }));
-    let service = testkit::service_without_database("receiver", routes);
+    let service = Service::new("receiver", routes);
     let mut config = testkit::server_config();
     config.tls = Some(tls);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

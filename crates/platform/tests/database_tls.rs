@@ -34,7 +34,7 @@ async fn connect(url: String, ssl_mode: SslMode, ssl_root_cert: Option<&PathBuf>
 
 #[tokio::test]
 async fn verify_full_accepts_only_the_configured_ca_and_the_dialled_host_name() {
-    platform::cli::install_crypto_provider();
+    platform::bootstrap::install_crypto_provider();
     let rds = TestCa::new("stand-in for the region's RDS CA");
     let stranger = TestCa::new("a CA the client was not told to trust");
     let server = PostgresServer::start_tls(&rds, &["localhost"]);

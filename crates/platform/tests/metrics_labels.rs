@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use axum::Router;
 use axum::routing::get;
-use platform::server::Lifecycle;
+use platform::server::{Lifecycle, Service};
 use platform::testkit::{self, TestServer};
 
 /// The series in a Prometheus text exposition: each sample line without its value.
@@ -23,9 +23,7 @@ async fn made_up_methods_and_paths_add_no_series() {
     platform::metrics::install(&[]);
     let routes = Router::new().route("/things/{id}", get(|| async { "a thing" }));
     let lifecycle = Lifecycle::new();
-    let server =
-        TestServer::start(testkit::service_without_database("labels", routes), &testkit::server_config(), lifecycle)
-            .await;
+    let server = TestServer::start(Service::new("labels", routes), &testkit::server_config(), lifecycle).await;
     let http = reqwest::Client::new();
     let send = |method: &str, path: &str| {
         let request = http.request(reqwest::Method::from_bytes(method.as_bytes()).expect("method"), server.url(path));

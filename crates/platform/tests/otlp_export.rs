@@ -7,7 +7,7 @@ use axum::body::{Body, Bytes};
 use axum::routing::{get, post};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use platform::config::{LogFormat, TelemetryConfig};
-use platform::server::Lifecycle;
+use platform::server::{Lifecycle, Service};
 use platform::testkit;
 use prost::Message;
 use tower::ServiceExt;
@@ -45,10 +45,7 @@ fn request_spans_are_exported_in_the_callers_trace() {
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
     runtime.block_on(async {
-        let service = testkit::service_without_database(
-            "otlp-test",
-            Router::new().route("/hello/{name}", get(|| async { "hi" })),
-        );
+        let service = Service::new("otlp-test", Router::new().route("/hello/{name}", get(|| async { "hi" })));
         let app = platform::server::router(&service, &testkit::server_config(), &Lifecycle::new());
         let request = http::Request::get("/hello/world")
             .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))

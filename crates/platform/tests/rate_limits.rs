@@ -4,7 +4,7 @@
 use axum::Router;
 use axum::routing::get;
 use platform::rate_limit::RateLimitConfig;
-use platform::server::{Lifecycle, Listeners};
+use platform::server::{Lifecycle, Listeners, Service};
 use platform::testkit;
 
 /// A bucket of `burst` requests that refills at one a second: nothing refills during a test.
@@ -19,7 +19,7 @@ async fn status(http: &reqwest::Client, url: String) -> u16 {
 #[tokio::test]
 async fn fallbacks_count_against_the_api_limit_and_probes_have_their_own() {
     let routes = Router::new().route("/things", get(|| async { "things" }));
-    let service = testkit::service_without_database("limits", routes);
+    let service = Service::new("limits", routes);
     let api = std::net::TcpListener::bind("127.0.0.1:0").expect("bind api");
     let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("bind admin");
     let api_url = format!("http://{}", api.local_addr().expect("addr"));
@@ -61,7 +61,7 @@ async fn fallbacks_count_against_the_api_limit_and_probes_have_their_own() {
 #[tokio::test]
 async fn on_a_shared_listener_the_probes_keep_their_own_bucket() {
     let routes = Router::new().route("/things", get(|| async { "things" }));
-    let service = testkit::service_without_database("limits", routes);
+    let service = Service::new("limits", routes);
     let mut config = testkit::server_config();
     config.rate_limit = bucket(2);
     config.admin_rate_limit = bucket(1);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use platform::config::{ServerConfig, TlsConfig};
-use platform::server::{Lifecycle, Listeners};
+use platform::server::{Lifecycle, Listeners, Service};
 use platform::testkit::{self, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -37,10 +37,10 @@ struct Server {
 
 impl Server {
     async fn start(mut config: ServerConfig, with_admin: bool) -> Self {
-        platform::cli::install_crypto_provider();
+        platform::bootstrap::install_crypto_provider();
         platform::metrics::install(&[]);
         let routes = Router::new().route("/things", get(|| async { "things" }));
-        let service = testkit::service_without_database("slow-clients", routes);
+        let service = Service::new("slow-clients", routes);
         let api = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let admin = with_admin.then(|| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
         let (api_address, admin_address) =

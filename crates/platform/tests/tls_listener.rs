@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use axum::Router;
 use platform::config::TlsConfig;
-use platform::server::Lifecycle;
+use platform::server::{Lifecycle, Service};
 use platform::testkit;
 
 #[tokio::test]
 async fn serves_https_with_the_configured_certificate_and_refuses_plain_http() {
-    platform::cli::install_crypto_provider();
+    platform::bootstrap::install_crypto_provider();
     let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
     let dir = testkit::TempDir::new("tls");
     let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
@@ -18,7 +18,7 @@ async fn serves_https_with_the_configured_certificate_and_refuses_plain_http() {
 
     let mut config = testkit::server_config();
     config.tls = Some(TlsConfig { cert_path, key_path });
-    let service = testkit::service_without_database("tls-test", Router::new());
+    let service = Service::new("tls-test", Router::new());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let lifecycle = Lifecycle::new();

@@ -55,14 +55,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// Connects dependencies, migrates, and assembles routes, the outbox dispatcher and the retention job.
 pub async fn build(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<Service> {
     platform::metrics::install(&[("transaction_amount", AMOUNT_BUCKETS)]);
-    let pool = platform::db::pool(&config.database, SCHEMA)?;
-    platform::db::reload_credentials(&pool, &config.database, SCHEMA, platform::db::CREDENTIALS_RELOAD_INTERVAL);
-    // Local runs migrate here; clusters serve as a role that cannot, and migrate in a Job.
-    if config.database.migrate_on_start {
-        platform::db::migrate(&pool, SCHEMA, &MIGRATOR)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot migrate the `{SCHEMA}` schema: {e}"))?;
-    }
+    let pool = platform::db::connect(&config.database, SCHEMA, &MIGRATOR).await?;
     let auth = platform::auth::Authenticator::new(SERVICE, &config.auth)?;
     let cache = Arc::new(Cache::new("transactions", &config.redis, &config.memory_cache)?);
     let wake = Arc::new(Notify::new());
@@ -93,14 +86,13 @@ pub async fn build(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<Ser
         .route("/transactions", post(http::create_transaction))
         .route("/transactions/{id}", get(http::get_transaction))
         .with_state(state);
-    Ok(Service {
-        name: SERVICE,
-        routes,
-        openapi: openapi(),
-        database: pool,
-        cache: Some(cache),
-        workers: vec![worker, retention],
-    })
+    Ok(Service::new(SERVICE, routes)
+        .with_openapi(openapi())
+        .with_readiness(platform::db::readiness_check(&pool))
+        .with_readiness(platform::cache::readiness_check(&cache))
+        .with_worker(worker)
+        .with_worker(retention)
+        .on_stop(platform::db::close_on_stop(&pool)))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The command line every service binary shares: serve, migrate, healthcheck, --print-config,
-//! --version.
+//! A service binary's whole startup: the command line (serve, migrate, healthcheck,
+//! --print-config, --version), then config, telemetry, secret references, `build` and serving.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
