@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
+use platform::testkit::TempDir;
 use serde_json::{Value, json};
 
 use crate::args::BenchArgs;
-use crate::infra::{Daemon, Durability, Postgres, ScratchDir};
+use crate::infra::{Daemon, Durability, Postgres};
 use crate::prereqs::{self, Needs};
 use crate::services::{self, Output, Profile, RunningService, SERVICES};
 
@@ -74,12 +75,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let idle_rss: Vec<(&str, Option<u64>)> = running.iter().map(|s| (s.name, s.rss_kib())).collect();
 
         let ids = seed_transactions(&http, 200).await?;
-        let scratch = ScratchDir::new("bench")?;
+        let scratch = TempDir::try_new("bench")?;
         let mut cells = Vec::new();
         for scenario in [Scenario::CachedGet, Scenario::CreateTransaction, Scenario::Notify] {
             for &concurrency in CONCURRENCY {
                 eprintln!("xtask: {} at concurrency {concurrency} for {duration:?}", scenario.label());
-                cells.push(load(scenario, concurrency, duration, &ids, &token, &scratch.0)?);
+                cells.push(load(scenario, concurrency, duration, &ids, &token, scratch.path())?);
                 settle(&http).await;
             }
         }

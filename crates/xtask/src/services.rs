@@ -180,20 +180,22 @@ fn forward(stream: impl Read + Send + 'static, prefix: String) {
 
 /// Polls `GET /ready` until 200; returns the time from spawn to ready.
 pub async fn wait_ready(http: &reqwest::Client, service: &mut RunningService, timeout: Duration) -> Result<Duration> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let response = http.get(service.url("/ready")).send().await;
-        if response.is_ok_and(|r| r.status().is_success()) {
-            return Ok(service.started.elapsed());
+    let (name, url, child) = (service.name, service.url("/ready"), &mut service.child);
+    platform::testkit::wait_until(&format!("{name} was not ready"), timeout, Duration::from_millis(2), || {
+        let exited = child.try_wait();
+        let response = http.get(&url).send();
+        async move {
+            if response.await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(Some(()));
+            }
+            if let Ok(Some(status)) = exited {
+                bail!("{name} exited during startup ({status})");
+            }
+            Ok(None)
         }
-        if let Ok(Some(status)) = service.child.try_wait() {
-            bail!("{} exited during startup ({status})", service.name);
-        }
-        if Instant::now() > deadline {
-            bail!("{} was not ready within {timeout:?}", service.name);
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    })
+    .await?;
+    Ok(service.started.elapsed())
 }
 
 /// The keys of one local run: the webhook's HMAC key (random, never printed) and the token

@@ -93,8 +93,8 @@ pub fn validate(objects: &[Rendered]) -> anyhow::Result<Vec<String>> {
 
 /// Runs one validator script on `objects` (written to a temporary JSON file passed as the last argument).
 fn run_validator(mut command: Command, objects: &[&Rendered]) -> anyhow::Result<Vec<String>> {
-    let scratch = crate::infra::ScratchDir::new("validate")?;
-    let input = scratch.0.join("objects.json");
+    let scratch = platform::testkit::TempDir::try_new("validate")?;
+    let input = scratch.path().join("objects.json");
     let items: Vec<serde_json::Value> =
         objects.iter().map(|r| serde_json::json!({ "source": r.source, "object": r.object })).collect();
     std::fs::write(&input, serde_json::to_vec(&items)?).with_context(|| format!("writing {}", input.display()))?;
