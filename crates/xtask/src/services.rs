@@ -121,6 +121,8 @@ pub enum Output {
     Prefixed,
     /// Discarded (benchmarks).
     Quiet,
+    /// Left piped on the child for the caller to read (drills).
+    Piped,
 }
 
 /// Starts one service against the throwaway infrastructure.
@@ -152,7 +154,7 @@ pub fn start(
         command.env(key, value.replace("{redis_port}", &redis.port.to_string()));
     }
     match output {
-        Output::Prefixed => command.stdout(Stdio::piped()).stderr(Stdio::piped()),
+        Output::Prefixed | Output::Piped => command.stdout(Stdio::piped()).stderr(Stdio::piped()),
         Output::Quiet => command.stdout(Stdio::null()).stderr(Stdio::null()),
     };
     let started = Instant::now();
