@@ -322,6 +322,16 @@ impl std::fmt::Debug for Entry {
     }
 }
 
+/// `/ready`'s `redis` check: reported, never required, since reads and writes fall back to
+/// PostgreSQL without Redis. Bounded by the cache's operation timeout.
+pub fn readiness_check(cache: &std::sync::Arc<Cache>) -> crate::server::ReadinessCheck {
+    let (cache, timeout) = (cache.clone(), cache.operation_timeout);
+    crate::server::ReadinessCheck::reported("redis", timeout, move || {
+        let cache = cache.clone();
+        async move { cache.is_reachable().await }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -414,14 +424,4 @@ mod tests {
         config(1024, Duration::from_secs(600)).validate("memory_cache").expect("ten minutes");
         config(0, Duration::ZERO).validate("memory_cache").expect("off: the ttl is unused");
     }
-}
-
-/// `/ready`'s `redis` check: reported, never required, since reads and writes fall back to
-/// PostgreSQL without Redis. Bounded by the cache's operation timeout.
-pub fn readiness_check(cache: &std::sync::Arc<Cache>) -> crate::server::ReadinessCheck {
-    let (cache, timeout) = (cache.clone(), cache.operation_timeout);
-    crate::server::ReadinessCheck::reported("redis", timeout, move || {
-        let cache = cache.clone();
-        async move { cache.is_reachable().await }
-    })
 }

@@ -6,9 +6,13 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::server::{Lifecycle, Service};
+
+mod local;
+
+pub use local::{TempDir, free_port, wait_for_port, wait_until, wait_until_ready};
 
 fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -58,34 +62,6 @@ rate_limit = { requests_per_second = 0, burst = 1 }
 admin_rate_limit = { requests_per_second = 0, burst = 1 }"#,
     )
     .expect("test server config")
-}
-
-/// A free TCP port on loopback.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-/// A fresh directory under the system's temp dir, removed with everything in it when dropped
-/// (also when the test panics).
-#[derive(Debug)]
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(label: &str) -> Self {
-        let path = std::env::temp_dir().join(crate::ids::new_id(label));
-        std::fs::create_dir_all(&path).expect("create a temp dir");
-        Self(path)
-    }
-
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Every operation of an OpenAPI document: its method, its path with each `{param}` replaced by
@@ -318,7 +294,7 @@ impl RedisServer {
         };
         let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("redis-server on PATH");
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(10));
+        wait_for_port(self.port, Duration::from_secs(10)).unwrap_or_else(|error| panic!("redis-server: {error}"));
     }
 }
 
@@ -364,15 +340,6 @@ impl TestCa {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// Waits until something accepts connections on the loopback port.
-pub fn wait_for_port(port: u16, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listening on port {port} after {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -508,7 +475,7 @@ impl PostgresServer {
         if let Err(error) = started {
             panic!("PostgreSQL did not start: {error}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
         }
-        wait_for_port(server.port, Duration::from_secs(30));
+        wait_for_port(server.port, Duration::from_secs(30)).unwrap_or_else(|error| panic!("PostgreSQL: {error}"));
         server
     }
 

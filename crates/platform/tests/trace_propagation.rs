@@ -78,7 +78,7 @@ fn without_export_the_trace_context_reaches_downstream_calls_and_the_logs() {
                 platform::telemetry::current_traceparent().unwrap_or_default()
             }
         });
-        let service = testkit::service_without_database("trace-test", Router::new().route("/call", call));
+        let service = platform::server::Service::new("trace-test", Router::new().route("/call", call));
         let app = platform::server::router(&service, &testkit::server_config(), &Lifecycle::new());
         let mut answers = Vec::new();
         for incoming in [

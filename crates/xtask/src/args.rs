@@ -41,6 +41,14 @@ pub enum Command {
     /// a security scan (checkov).
     #[command(verbatim_doc_comment)]
     Validate,
+    /// Reproduce a troubleshooting scenario on a throwaway local stack and check its symptoms
+    ///
+    /// Reproduce one of the seed's troubleshooting scenarios on a local stack of its own (free
+    /// ports, throwaway PostgreSQL and Redis): print what /ready, the logs, the metrics, the
+    /// clients and the alerts show, and fail if an expected symptom is missing. The runbooks in
+    /// docs/runbooks/ (database-unreachable.md, crashloop.md, service-latency.md) show the output.
+    #[command(verbatim_doc_comment)]
+    Drill(DrillArgs),
     /// Internal: the container side of `pods`, run inside its mount namespace
     /// (`xtask pod-exec <spec file>`, started by pods/kubelet.rs).
     #[command(hide = true)]
@@ -133,6 +141,25 @@ pub struct PodsArgs {
     /// Skip the self-check (a copy of the tree with a wrong containerPort must fail)
     #[arg(long)]
     pub no_self_check: bool,
+}
+
+/// `drill <scenario>`
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// The scenario to reproduce
+    #[arg(value_enum)]
+    pub scenario: DrillScenario,
+}
+
+/// The troubleshooting scenarios of seed 000, each with its runbook in docs/runbooks/.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DrillScenario {
+    /// PostgreSQL unreachable: port closed, DNS failure, connect timeout, pool exhausted
+    DatabaseUnreachable,
+    /// The binary exits at startup: a bad config value, a missing secret file
+    Crashloop,
+    /// Latency injected between transaction-api and notification-service (the webhook path)
+    ServiceLatency,
 }
 
 /// `pod-exec <spec>` (internal)
@@ -266,6 +293,21 @@ mod tests {
         assert!(pods.no_self_check);
         let error = error(&["pods", "--layout", "x"]);
         assert!(error.to_string().contains("--layout"), "{error}");
+    }
+
+    #[test]
+    fn drill_takes_one_known_scenario_and_lists_them_otherwise() {
+        let Ok(Command::Drill(drill)) = parse(&["drill", "service-latency"]) else {
+            panic!("drill should parse");
+        };
+        assert_eq!(drill.scenario, DrillScenario::ServiceLatency);
+        let unknown = error(&["drill", "disk-full"]);
+        assert_eq!((unknown.kind(), unknown.exit_code()), (ErrorKind::InvalidValue, 2));
+        let message = unknown.to_string();
+        for scenario in ["database-unreachable", "crashloop", "service-latency"] {
+            assert!(message.contains(scenario), "{message}");
+        }
+        assert_eq!(error(&["drill"]).exit_code(), 2);
     }
 
     /// As pods/kubelet.rs starts it: `<xtask> pod-exec <spec file>`.

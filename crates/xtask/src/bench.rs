@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
+use platform::testkit::TempDir;
 use serde_json::{Value, json};
 
 use crate::args::BenchArgs;
-use crate::infra::{Postgres, ScratchDir, postgres_bin_dir};
+use crate::infra::{Postgres, postgres_bin_dir};
 use crate::prereqs::{self, Needs};
 use crate::services::{self, Output, Profile, StackOptions};
 
@@ -101,12 +102,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let idle_rss: Vec<(&str, Option<u64>)> = stack.running.iter().map(|s| (s.name, s.rss_kib())).collect();
 
         let ids = seed_transactions(&http, &urls, 200).await?;
-        let scratch = ScratchDir::new("bench")?;
+        let scratch = TempDir::try_new("bench")?;
         let mut cells = Vec::new();
         for scenario in [Scenario::Health, Scenario::CachedGet, Scenario::CreateTransaction, Scenario::Notify] {
             for &concurrency in CONCURRENCY {
                 eprintln!("xtask: {} at concurrency {concurrency} for {duration:?}", scenario.label());
-                let mut cell = load(scenario, concurrency, duration, &urls, &ids, &token, &scratch.0)?;
+                let mut cell = load(scenario, concurrency, duration, &urls, &ids, &token, scratch.path())?;
                 if scenario == Scenario::CreateTransaction {
                     cell.drained_after = Some(wait_for_outbox_drain(&stack.postgres)?);
                 }
@@ -115,7 +116,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
         }
         eprintln!("xtask: pgbench, two-row transactions, {RATIO_CONCURRENCY} clients for {duration:?}");
-        let reference = pgbench_two_row_tps(&pgbench, &stack.postgres, duration, &scratch.0)?;
+        let reference = pgbench_two_row_tps(&pgbench, &stack.postgres, duration, scratch.path())?;
         let loaded_rss: Vec<(&str, Option<u64>)> = stack.running.iter().map(|s| (s.name, s.rss_kib())).collect();
         let end_to_end = end_to_end_latency(&http, &urls, if quick { 20 } else { 50 }).await?;
         print_report(duration, &cells, &stack.ready, &idle_rss, &loaded_rss, &end_to_end);

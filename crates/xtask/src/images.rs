@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail, ensure};
+use platform::testkit::TempDir;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::args::ImagesArgs;
-use crate::infra::{ScratchDir, is_root, which};
+use crate::infra::{is_root, which};
 use crate::services::SERVICES;
 
 /// Compressed size every image must stay under.
@@ -375,8 +376,8 @@ pub fn unpack(layout: &Path, root: &Path) -> Result<Unpacked> {
 
 /// Checks one layout: integrity, size, user, no shell, and the binary running in an empty root.
 pub fn check_image(service: &str, layout: &Path) -> Result<()> {
-    let root = ScratchDir::new("image")?;
-    let Unpacked { config, paths, compressed } = unpack(layout, &root.0)?;
+    let root = TempDir::try_new("image")?;
+    let Unpacked { config, paths, compressed } = unpack(layout, root.path())?;
     for path in &paths {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         ensure!(
@@ -389,10 +390,13 @@ pub fn check_image(service: &str, layout: &Path) -> Result<()> {
     let user = config["User"].as_str().unwrap_or_default();
     let uid = user.split(':').next().unwrap_or_default();
     ensure!(!uid.is_empty() && uid != "0" && uid != "root", "{service}: the image runs as root (User {user:?})");
-    ensure!(!root.0.join("bin/sh").exists() && !root.0.join("usr/bin/sh").exists(), "{service}: /bin/sh present");
+    ensure!(
+        !root.path().join("bin/sh").exists() && !root.path().join("usr/bin/sh").exists(),
+        "{service}: /bin/sh present"
+    );
 
     let entrypoint = config["Entrypoint"][0].as_str().context("no entrypoint")?;
-    let version = run_in_empty_root(&root.0, entrypoint, "--version")?;
+    let version = run_in_empty_root(root.path(), entrypoint, "--version")?;
     ensure!(version.0 == Some(0), "{service} --version failed in an empty root: {}", version.2);
     ensure!(
         version.1.trim() == format!("{service} {}", env!("CARGO_PKG_VERSION")),
@@ -400,7 +404,7 @@ pub fn check_image(service: &str, layout: &Path) -> Result<()> {
         version.1
     );
     // With nothing configured, startup must stop at config validation, naming the key.
-    let serve = run_in_empty_root(&root.0, entrypoint, "serve")?;
+    let serve = run_in_empty_root(root.path(), entrypoint, "serve")?;
     ensure!(serve.0 == Some(78), "{service} without config exited {:?}, expected 78: {}", serve.0, serve.2);
     // Trusted token issuers are the first thing every environment must set (docs/adr/0010).
     ensure!(serve.2.contains("`auth.issuers`"), "{service} config error does not name the key: {}", serve.2);

@@ -1,49 +1,15 @@
 //! Throwaway PostgreSQL, Redis and moto (AWS emulator) processes, removed when dropped.
 
 use std::fs;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Waits until something accepts TCP connections on the port.
-pub fn wait_for_port(port: u16, timeout: Duration, what: &str) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("{what} did not accept connections on port {port} within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    Ok(())
-}
+use platform::testkit::{TempDir, free_port, wait_for_port};
 
 pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// A scratch directory under /tmp, removed when dropped.
-#[derive(Debug)]
-pub struct ScratchDir(pub PathBuf);
-
-impl ScratchDir {
-    /// A new empty directory, unique even among threads of one process (tests run in parallel).
-    pub fn new(label: &str) -> Result<Self> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let sequence = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("quilla-{label}-{}-{sequence}", std::process::id()));
-        // A directory left by an earlier process with the same id is stale.
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
-        Ok(Self(path))
-    }
 }
 
 /// An exclusive lock on `<temp>/quilla-<name>.lock`, held until the file is dropped: one process
@@ -53,12 +19,6 @@ pub fn install_lock(name: &str) -> Result<fs::File> {
     let file = fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
     file.lock().with_context(|| format!("lock {}", path.display()))?;
     Ok(file)
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 /// PostgreSQL's server binaries: Debian keeps them in /usr/lib/postgresql/<version>/bin.
@@ -94,7 +54,7 @@ pub struct Postgres {
     bin: PathBuf,
     data: PathBuf,
     as_postgres_user: bool,
-    _dir: ScratchDir,
+    _dir: TempDir,
 }
 
 /// How durable the throwaway cluster is.
@@ -118,27 +78,27 @@ impl Postgres {
 
     fn start_inner(durability: Durability, tls: Option<(&str, &str)>) -> Result<Self> {
         let bin = postgres_bin_dir().context("PostgreSQL server binaries not found")?;
-        let dir = ScratchDir::new("pg")?;
+        let dir = TempDir::try_new("pg")?;
         let as_postgres_user = is_root();
         if as_postgres_user {
             // initdb refuses to run as root; the postgres user must own the directory.
-            run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir.0))?;
+            run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()))?;
         }
-        let data = dir.0.join("data");
-        let port = free_port()?;
+        let data = dir.path().join("data");
+        let port = free_port();
         let pg = Self { port, bin, data, as_postgres_user, _dir: dir };
         pg.run_pg("initdb", &["-D", path_str(&pg.data)?, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
             .context("initdb failed")?;
         let mut options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=500 -c shared_buffers=256MB",
-            path_str(&pg._dir.0)?
+            path_str(pg._dir.path())?
         );
         if durability == Durability::Disposable {
             options.push_str(" -c fsync=off -c full_page_writes=off");
         }
         if let Some((certificate, key)) = tls {
             // PostgreSQL refuses a key file others can read; the server user must own both.
-            let (cert_file, key_file) = (pg._dir.0.join("server.crt"), pg._dir.0.join("server.key"));
+            let (cert_file, key_file) = (pg._dir.path().join("server.crt"), pg._dir.path().join("server.key"));
             fs::write(&cert_file, certificate)?;
             fs::write(&key_file, key)?;
             run(Command::new("chmod").arg("0600").arg(&key_file))?;
@@ -151,7 +111,7 @@ impl Postgres {
                 path_str(&key_file)?
             ));
         }
-        let log = pg._dir.0.join("postgres.log");
+        let log = pg._dir.path().join("postgres.log");
         let started = pg.run_pg(
             "pg_ctl",
             &["-D", path_str(&pg.data)?, "-l", path_str(&log)?, "-o", &options, "-w", "-t", "60", "start"],
@@ -160,7 +120,7 @@ impl Postgres {
             let tail = fs::read_to_string(&log).unwrap_or_default();
             bail!("PostgreSQL did not start: {error}\n{tail}");
         }
-        wait_for_port(port, Duration::from_secs(30), "PostgreSQL")?;
+        wait_for_port(port, Duration::from_secs(30)).context("PostgreSQL did not start")?;
         Ok(pg)
     }
 
@@ -206,7 +166,7 @@ pub struct Daemon {
 impl Daemon {
     /// `redis-server` without persistence.
     pub fn redis() -> Result<Self> {
-        let port = free_port()?;
+        let port = free_port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -214,13 +174,13 @@ impl Daemon {
             .spawn()
             .context("start redis-server")?;
         let daemon = Self { port, child };
-        wait_for_port(port, Duration::from_secs(10), "Redis")?;
+        wait_for_port(port, Duration::from_secs(10)).context("redis-server did not start")?;
         Ok(daemon)
     }
 
     /// moto's server: the AWS API emulator used for Secrets Manager tests.
     pub fn moto() -> Result<Self> {
-        let port = free_port()?;
+        let port = free_port();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -229,7 +189,7 @@ impl Daemon {
             .spawn()
             .context("start moto_server")?;
         let daemon = Self { port, child };
-        wait_for_port(port, Duration::from_secs(30), "moto")?;
+        wait_for_port(port, Duration::from_secs(30)).context("moto_server did not start")?;
         Ok(daemon)
     }
 }

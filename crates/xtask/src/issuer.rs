@@ -27,7 +27,11 @@ fn state_dir() -> PathBuf {
 impl LocalIssuer {
     /// A fresh key, written for `token` and for the services.
     pub fn create() -> Result<Self> {
-        let dir = state_dir();
+        Self::create_in(state_dir())
+    }
+
+    /// A fresh key in `dir`, for a stack of its own (a drill) that must not replace `up`'s key.
+    pub fn create_in(dir: PathBuf) -> Result<Self> {
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let issuer = DevIssuer::generate(DEV_ISSUER);
         let key = dir.join("key.der");

@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod drill;
 mod images;
 mod infra;
 mod issuer;
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         Some(Command::Validate) => validate::run(),
         Some(Command::Pods(args)) => pods::run(&args),
         Some(Command::PodExec(args)) => pods::exec_in_pod(&args.spec),
+        Some(Command::Drill(args)) => drill::run(args.scenario),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

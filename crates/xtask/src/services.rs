@@ -121,6 +121,8 @@ pub enum Output {
     Prefixed,
     /// Discarded (benchmarks).
     Quiet,
+    /// Left piped on the child for the caller to read (drills).
+    Piped,
 }
 
 /// Starts one service against the throwaway infrastructure.
@@ -152,7 +154,7 @@ pub fn start(
         command.env(key, value.replace("{redis_port}", &redis.port.to_string()));
     }
     match output {
-        Output::Prefixed => command.stdout(Stdio::piped()).stderr(Stdio::piped()),
+        Output::Prefixed | Output::Piped => command.stdout(Stdio::piped()).stderr(Stdio::piped()),
         Output::Quiet => command.stdout(Stdio::null()).stderr(Stdio::null()),
     };
     let started = Instant::now();
@@ -180,20 +182,22 @@ fn forward(stream: impl Read + Send + 'static, prefix: String) {
 
 /// Polls `GET /ready` until 200; returns the time from spawn to ready.
 pub async fn wait_ready(http: &reqwest::Client, service: &mut RunningService, timeout: Duration) -> Result<Duration> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let response = http.get(service.url("/ready")).send().await;
-        if response.is_ok_and(|r| r.status().is_success()) {
-            return Ok(service.started.elapsed());
+    let (name, url, child) = (service.name, service.url("/ready"), &mut service.child);
+    platform::testkit::wait_until(&format!("{name} was not ready"), timeout, Duration::from_millis(2), || {
+        let exited = child.try_wait();
+        let response = http.get(&url).send();
+        async move {
+            if response.await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(Some(()));
+            }
+            if let Ok(Some(status)) = exited {
+                bail!("{name} exited during startup ({status})");
+            }
+            Ok(None)
         }
-        if let Ok(Some(status)) = service.child.try_wait() {
-            bail!("{} exited during startup ({status})", service.name);
-        }
-        if Instant::now() > deadline {
-            bail!("{} was not ready within {timeout:?}", service.name);
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    })
+    .await?;
+    Ok(service.started.elapsed())
 }
 
 /// The keys of one local run: the webhook's HMAC key (random, never printed) and the token

@@ -108,6 +108,12 @@ pub fn run(args: &TestArgs) -> Result<()> {
     let result = run_step(Step { name: "tests (nextest)", command: nextest });
     drop((moto, redis, postgres));
     result?;
+
+    // Each drill starts its own stack and fails when a symptom its runbook shows is missing.
+    let drills_started = Instant::now();
+    println!("xtask: run drills");
+    crate::drill::run_all().context("troubleshooting drills (docs/runbooks)")?;
+    println!("xtask: ok  drills ({:.1?})", drills_started.elapsed());
     println!("xtask: all checks passed in {:.1?}", started.elapsed());
     Ok(())
 }

@@ -191,14 +191,9 @@ pub fn binary(database_url: &str, port: u16) -> std::process::Command {
 
 /// Polls `<base>/ready` until it answers 2xx (five seconds at most).
 pub async fn wait_until_ready(http: &reqwest::Client, base: &str) {
-    for _ in 0..200 {
-        let response = http.get(format!("{base}/ready")).send().await;
-        if response.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    if let Err(error) = platform::testkit::wait_until_ready(http, base, std::time::Duration::from_secs(5)).await {
+        panic!("service never became ready: {error}");
     }
-    panic!("service never became ready");
 }
 
 /// The first page (up to 100) of `user`'s notifications in notification-service.

@@ -10,11 +10,12 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, 
 
 use platform::auth::dev::{DEV_ISSUER, DevIssuer};
 use platform::db::roles::{self, SchemaRoles};
+use platform::testkit::TempDir;
 use serde_json::Value;
 
 use std::path::{Path, PathBuf};
 
-use crate::infra::{Daemon, Durability, Postgres, ScratchDir};
+use crate::infra::{Daemon, Durability, Postgres};
 use crate::services::SERVICES;
 
 /// The database the pods use.
@@ -33,7 +34,7 @@ pub struct Fixtures {
     jwks: String,
     /// A copy of this executable for `pod-exec`: `cargo build` may replace the original while a
     /// long run still needs it.
-    exe: (ScratchDir, PathBuf),
+    exe: (TempDir, PathBuf),
 }
 
 impl Fixtures {
@@ -61,8 +62,8 @@ impl Fixtures {
         let redis = Daemon::redis()?;
         let webhook_key = crate::infra::random_token(48);
         let jwks = DevIssuer::generate(DEV_ISSUER).jwks();
-        let dir = ScratchDir::new("xtask-exe")?;
-        let exe = dir.0.join("xtask");
+        let dir = TempDir::try_new("xtask-exe")?;
+        let exe = dir.path().join("xtask");
         std::fs::copy(std::env::current_exe()?, &exe).context("copy the xtask executable")?;
         Ok(Self { ca, postgres, redis, webhook_key, jwks, exe: (dir, exe) })
     }

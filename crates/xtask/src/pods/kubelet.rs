@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use platform::testkit::TempDir;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -23,7 +24,6 @@ use super::fixtures::Fixtures;
 use super::graph::{Cluster, container_port};
 use super::{image_service, template};
 use crate::images::Unpacked;
-use crate::infra::ScratchDir;
 use crate::validate::Rendered;
 
 /// What `cargo xtask pod-exec` needs to start the container inside its mount namespace.
@@ -81,7 +81,7 @@ impl Drop for Running {
 
 /// A workload's pod laid out on disk, ready to start.
 struct Prepared {
-    scratch: ScratchDir,
+    scratch: TempDir,
     exec: ExecSpec,
     /// The container's declared ports: (name, number).
     declared: Vec<(String, u16)>,
@@ -105,8 +105,8 @@ fn prepare(workload: &Rendered, cluster: &Cluster<'_>, layouts: &Path, fixtures:
     let layout = layouts.join(image_service(image));
     ensure!(layout.join("index.json").is_file(), "{who}: no image layout for {image} in {}", layouts.display());
 
-    let scratch = ScratchDir::new(&format!("pod-{name}"))?;
-    let root = scratch.0.join("rootfs");
+    let scratch = TempDir::try_new(&format!("pod-{name}"))?;
+    let root = scratch.path().join("rootfs");
     std::fs::create_dir_all(&root)?;
     let Unpacked { config: image_config, .. } = crate::images::unpack(&layout, &root)?;
     crate::infra::run(Command::new("chmod").arg("0755").arg(&root))?;
@@ -167,9 +167,9 @@ impl Prepared {
     /// Starts `argv` in the same pod (root, mounts, user, environment).
     fn start_command(&self, label: &str, argv: &[String]) -> Result<Running> {
         let exec = ExecSpec { argv: argv.to_vec(), ..self.exec.clone() };
-        let exec_file = self.scratch.0.join(format!("{label}.json"));
+        let exec_file = self.scratch.path().join(format!("{label}.json"));
         std::fs::write(&exec_file, serde_json::to_vec(&exec)?)?;
-        spawn_in_pod(&self.exe, &exec_file, &self.scratch.0.join(format!("{label}.log")))
+        spawn_in_pod(&self.exe, &exec_file, &self.scratch.path().join(format!("{label}.log")))
     }
 }
 

@@ -31,10 +31,11 @@ mod template;
 use std::path::Path;
 
 use anyhow::{Result, bail, ensure};
+use platform::testkit::TempDir;
 use serde_json::Value;
 
 use crate::args::{ImagesArgs, PodsArgs};
-use crate::infra::{ScratchDir, is_root};
+use crate::infra::is_root;
 use crate::validate::{self, Rendered};
 
 pub use kubelet::exec_in_pod;
@@ -133,11 +134,11 @@ fn environment_dirs(root: &Path) -> Result<Vec<String>> {
 /// A copy of the tree where notification-service declares its admin port as 9091 while its image
 /// listens on 9090: the run must fail and say which container, port and probe.
 fn self_check(root: &Path, layouts: &Path, fixtures: &fixtures::Fixtures) -> Result<()> {
-    let copy = ScratchDir::new("pods-broken-tree")?;
+    let copy = TempDir::try_new("pods-broken-tree")?;
     for part in ["gitops", "environments"] {
-        crate::infra::run(std::process::Command::new("cp").arg("-a").arg(root.join(part)).arg(&copy.0))?;
+        crate::infra::run(std::process::Command::new("cp").arg("-a").arg(root.join(part)).arg(copy.path()))?;
     }
-    let kustomization = copy.0.join("gitops/apps/notification-service/kustomization.yaml");
+    let kustomization = copy.path().join("gitops/apps/notification-service/kustomization.yaml");
     let mut text = std::fs::read_to_string(&kustomization)?;
     text.push_str(
         "patches:\n  - target: {kind: Deployment, name: notification-service}\n    patch: |-\n      \
@@ -145,7 +146,7 @@ fn self_check(root: &Path, layouts: &Path, fixtures: &fixtures::Fixtures) -> Res
     );
     std::fs::write(&kustomization, text)?;
     let failures =
-        check_tree(&copy.0, layouts, fixtures, Some("environments/spain/dev"), Some("notification-service"))?;
+        check_tree(copy.path(), layouts, fixtures, Some("environments/spain/dev"), Some("notification-service"))?;
     let report = failures.join("\n");
     let named = |needle: &str| report.contains(needle);
     ensure!(

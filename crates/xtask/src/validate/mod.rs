@@ -175,21 +175,24 @@ mod tests {
     use super::*;
 
     /// A copy of the GitOps tree (`environments/`, `gitops/`, `.checkov.yaml`) in a scratch directory.
-    struct TreeCopy(crate::infra::ScratchDir);
+    use platform::testkit::TempDir;
+
+    struct TreeCopy(TempDir);
 
     impl TreeCopy {
         fn new() -> Self {
-            let scratch = crate::infra::ScratchDir::new("tree").expect("scratch directory");
+            let scratch = TempDir::new("tree");
             let root = crate::workspace_root();
             for part in ["environments", "gitops"] {
-                copy_dir(&root.join(part), &scratch.0.join(part));
+                copy_dir(&root.join(part), &scratch.path().join(part));
             }
-            std::fs::copy(root.join(".checkov.yaml"), scratch.0.join(".checkov.yaml")).expect("copy .checkov.yaml");
+            std::fs::copy(root.join(".checkov.yaml"), scratch.path().join(".checkov.yaml"))
+                .expect("copy .checkov.yaml");
             TreeCopy(scratch)
         }
 
         fn root(&self) -> &Path {
-            &self.0.0
+            self.0.path()
         }
 
         /// Replaces the one occurrence of `from` in `file` with `to`.

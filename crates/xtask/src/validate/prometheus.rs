@@ -15,9 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use platform::testkit::TempDir;
 use serde_json::Value;
-
-use crate::infra::ScratchDir;
 
 /// Where the PrometheusRules, `dashboards/` and `tests/` live, relative to the workspace root.
 const MONITORING_DIR: &str = "gitops/platform/monitoring";
@@ -114,10 +113,10 @@ fn check_dir(dir: &Path) -> Result<()> {
     if rules.is_empty() {
         bail!("no PrometheusRule found in {}/*.yaml", dir.display());
     }
-    let scratch = ScratchDir::new("promtool")?;
+    let scratch = TempDir::try_new("promtool")?;
     let mut rule_files = Vec::new();
     for rule in &rules {
-        let target = scratch.0.join(format!("{}.rules.yaml", rule.name));
+        let target = scratch.path().join(format!("{}.rules.yaml", rule.name));
         if rule_files.contains(&target) {
             bail!("{}: a second PrometheusRule named {}", rule.file.display(), rule.name);
         }
@@ -125,17 +124,17 @@ fn check_dir(dir: &Path) -> Result<()> {
         fs::write(&target, serde_json::to_string_pretty(&rule.spec)?)?;
         rule_files.push(target);
     }
-    promtool(&scratch.0, "check", &rule_files).context("promtool check rules: a PrometheusRule is invalid")?;
+    promtool(scratch.path(), "check", &rule_files).context("promtool check rules: a PrometheusRule is invalid")?;
 
     let mut tests = Vec::new();
     for test in files_with_extension(&dir.join("tests"), "yaml")? {
         let Some(file_name) = test.file_name() else { continue };
-        let copy = scratch.0.join(file_name);
+        let copy = scratch.path().join(file_name);
         fs::copy(&test, &copy).with_context(|| format!("copy {}", test.display()))?;
         tests.push(copy);
     }
     if !tests.is_empty() {
-        promtool(&scratch.0, "test", &tests).context("promtool test rules: a rule unit test failed")?;
+        promtool(scratch.path(), "test", &tests).context("promtool test rules: a rule unit test failed")?;
     }
     Ok(())
 }
@@ -285,8 +284,8 @@ mod tests {
 
     #[test]
     fn queried_metrics_drop_recorded_names_and_up_and_fold_histograms() {
-        let scratch = ScratchDir::new("queried").expect("scratch");
-        let dir = &scratch.0;
+        let scratch = TempDir::new("queried");
+        let dir = scratch.path();
         fs::write(
             dir.join("rules.yaml"),
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\ndata: {expr: ignored_total}\n---\n\
@@ -311,37 +310,37 @@ mod tests {
         assert!(queried_metrics(&workspace_root()).expect("queried").contains("outbox_pending_events"));
     }
 
-    fn rule_dir(expr: &str) -> ScratchDir {
-        let scratch = ScratchDir::new("rules").expect("scratch");
+    fn rule_dir(expr: &str) -> TempDir {
+        let scratch = TempDir::new("rules");
         let rule = format!(
             "apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata:\n  name: t\nspec:\n  groups:\n\
              \x20   - name: g\n      rules:\n        - alert: Broken\n          expr: '{expr}'\n"
         );
-        fs::write(scratch.0.join("rule.yaml"), rule).expect("write rule");
+        fs::write(scratch.path().join("rule.yaml"), rule).expect("write rule");
         scratch
     }
 
     #[test]
     fn check_rejects_invalid_promql() {
         let scratch = rule_dir("rate(http_requests_total[5m] > 0");
-        let error = format!("{:#}", check_dir(&scratch.0).expect_err("invalid PromQL is rejected"));
+        let error = format!("{:#}", check_dir(scratch.path()).expect_err("invalid PromQL is rejected"));
         assert!(error.contains("promtool check rules"), "{error}");
         // The same rule with a valid expression passes: the failure above is the PromQL's.
         let valid = rule_dir("rate(http_requests_total[5m]) > 0");
-        check_dir(&valid.0).expect("valid rule passes");
+        check_dir(valid.path()).expect("valid rule passes");
     }
 
     #[test]
     fn check_rejects_a_failing_rule_unit_test() {
         let scratch = rule_dir("vector(1) > 0");
-        fs::create_dir(scratch.0.join("tests")).expect("mkdir");
+        fs::create_dir(scratch.path().join("tests")).expect("mkdir");
         let test = "rule_files: [t.rules.yaml]\ntests:\n  - interval: 1m\n    alert_rule_test:\n\
                     \x20     - eval_time: 1m\n        alertname: Broken\n        exp_alerts: []\n";
-        fs::write(scratch.0.join("tests/t.yaml"), test).expect("write test");
-        let error = format!("{:#}", check_dir(&scratch.0).expect_err("the alert fires, the test says it does not"));
+        fs::write(scratch.path().join("tests/t.yaml"), test).expect("write test");
+        let error = format!("{:#}", check_dir(scratch.path()).expect_err("the alert fires, the test says it does not"));
         assert!(error.contains("promtool test rules"), "{error}");
         let passing = test.replace("exp_alerts: []", "exp_alerts: [{exp_labels: {}}]");
-        fs::write(scratch.0.join("tests/t.yaml"), passing).expect("write test");
-        check_dir(&scratch.0).expect("the corrected test passes");
+        fs::write(scratch.path().join("tests/t.yaml"), passing).expect("write test");
+        check_dir(scratch.path()).expect("the corrected test passes");
     }
 }

@@ -72,8 +72,8 @@ pub fn validate(objects: &[Rendered], crds: &Path) -> anyhow::Result<Vec<String>
         return Ok(Vec::new());
     }
     let dir = schemas_dir();
-    let scratch = crate::infra::ScratchDir::new("validate")?;
-    let deferred = scratch.0.join("deferred.json");
+    let scratch = platform::testkit::TempDir::try_new("validate")?;
+    let deferred = scratch.path().join("deferred.json");
     let mut python = Command::new("python3");
     // -B: no __pycache__ written into the source tree.
     python
@@ -83,13 +83,13 @@ pub fn validate(objects: &[Rendered], crds: &Path) -> anyhow::Result<Vec<String>
         .arg(crds)
         .arg("--defer-unknown")
         .arg(&deferred);
-    let mut errors = run_validator(python, &scratch.0.join("objects.json"), &to_items(objects))?;
+    let mut errors = run_validator(python, &scratch.path().join("objects.json"), &to_items(objects))?;
     let text = std::fs::read(&deferred).with_context(|| format!("read {}", deferred.display()))?;
     let rest: Vec<serde_json::Value> = serde_json::from_slice(&text).context("validate.py's deferred objects")?;
     if !rest.is_empty() {
         let mut node = Command::new("node");
         node.arg(dir.join("validate-crds.mjs"));
-        errors.extend(run_validator(node, &scratch.0.join("rest.json"), &rest)?);
+        errors.extend(run_validator(node, &scratch.path().join("rest.json"), &rest)?);
     }
     Ok(errors)
 }
@@ -354,8 +354,8 @@ mod tests {
     }
 
     /// A CRD of kind Gadget (group example.com) whose `spec.values` keeps unknown fields, in a scratch directory.
-    fn gadget_crds() -> crate::infra::ScratchDir {
-        let scratch = crate::infra::ScratchDir::new("crds").expect("scratch");
+    fn gadget_crds() -> platform::testkit::TempDir {
+        let scratch = platform::testkit::TempDir::try_new("crds").expect("scratch");
         let crd = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: gadgets.example.com\n\
                    spec:\n  group: example.com\n  names: {kind: Gadget, plural: gadgets}\n  scope: Namespaced\n  versions:\n\
                    \x20   - name: v1\n      served: true\n      storage: true\n      schema:\n        openAPIV3Schema:\n\
@@ -367,7 +367,7 @@ mod tests {
                    \x20               note: {type: string, nullable: true}\n\
                    \x20               empty: {type: object}\n\
                    \x20               template: {type: object, x-kubernetes-embedded-resource: true, properties: {spec: {type: object}}}\n";
-        std::fs::write(scratch.0.join("example.com_gadgets.yaml"), crd).expect("write CRD");
+        std::fs::write(scratch.path().join("example.com_gadgets.yaml"), crd).expect("write CRD");
         scratch
     }
 
@@ -377,7 +377,7 @@ mod tests {
         let gadget = |spec: serde_json::Value| {
             let object =
                 json!({ "apiVersion": "example.com/v1", "kind": "Gadget", "metadata": { "name": "g" }, "spec": spec });
-            validate(&[Rendered { source: "test".to_owned(), object }], &crds.0).unwrap()
+            validate(&[Rendered { source: "test".to_owned(), object }], crds.path()).unwrap()
         };
         let valid = json!({ "values": { "size": 1, "free": { "form": [1] } }, "port": "http", "note": null,
             "empty": {}, "template": { "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "p" }, "spec": {} } });
@@ -398,7 +398,7 @@ mod tests {
         assert!(errors.len() == 1 && errors[0].contains("/spec/template/metadata: "), "{errors:?}");
         // A kind whose group has no CRD there is refused.
         let other = json!({ "apiVersion": "example.com/v2", "kind": "Gadget", "metadata": { "name": "g" } });
-        let errors = validate(&[Rendered { source: "test".to_owned(), object: other }], &crds.0).unwrap();
+        let errors = validate(&[Rendered { source: "test".to_owned(), object: other }], crds.path()).unwrap();
         assert_eq!(errors, ["test: Gadget g: /: no schema for example.com/v2 Gadget"]);
     }
 }

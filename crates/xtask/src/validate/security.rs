@@ -44,8 +44,8 @@ struct FailedCheck {
 /// An empty list means the scan passed; a scanner that cannot run or parse a manifest is an `Err`.
 pub fn scan(config: &Path, objects: &[Rendered]) -> Result<Vec<String>> {
     let checkov = ensure_checkov()?;
-    let scratch = crate::infra::ScratchDir::new("checkov")?;
-    write_and_scan(config, &checkov, &scratch.0, objects)
+    let scratch = platform::testkit::TempDir::try_new("checkov")?;
+    write_and_scan(config, &checkov, scratch.path(), objects)
 }
 
 fn write_and_scan(config: &Path, checkov: &Path, dir: &Path, objects: &[Rendered]) -> Result<Vec<String>> {
