@@ -10,12 +10,13 @@ use chrono::Utc;
 use platform::auth::{Authenticator, Principal};
 use platform::events::{Event, EventData, TransactionCreated};
 use platform::extract::{ApiJson, ApiPath, ApiQuery, RawJson, parse_json};
-use platform::webhook_signature::{self, ID_HEADER, SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER};
+use platform::webhook_signature::{self, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use platform::{FieldError, Problem, Secret};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::config::PaginationConfig;
+use crate::error::ApiError;
 use crate::store::{self, Notification, Recorded};
 
 /// Shared handler state.
@@ -104,20 +105,18 @@ pub async fn notify(
     State(state): State<AppState>,
     principal: Principal,
     ApiJson(body): ApiJson<NotifyRequest>,
-) -> Result<Response, Response> {
-    principal.require_scope(WRITE_SCOPE).map_err(IntoResponse::into_response)?;
+) -> Result<Response, ApiError> {
+    principal.require_scope(WRITE_SCOPE)?;
     let mut errors = Vec::new();
     check_user_id(&body.user_id, &mut errors, "user_id");
     if body.message.trim().is_empty() || body.message.chars().count() > 2000 {
         errors.push(FieldError::new("message", "must be 1 to 2000 characters, not only spaces"));
     }
     if !errors.is_empty() {
-        return Err(Problem::validation(errors).into_response());
+        return Err(ApiError::Validation(errors));
     }
-    principal.require_acts_for(&body.user_id).map_err(IntoResponse::into_response)?;
-    let notification = store::insert(&state.pool, &body.user_id, &body.message)
-        .await
-        .map_err(|e| platform::db::error_problem(&e).into_response())?;
+    principal.require_acts_for(&body.user_id)?;
+    let notification = store::insert(&state.pool, &body.user_id, &body.message).await?;
     metrics::counter!("notifications_created_total", "source" => "api").increment(1);
     Ok(created(&notification, StatusCode::CREATED))
 }
@@ -143,7 +142,7 @@ pub async fn receive_transaction_event(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawJson(body): RawJson,
-) -> Result<Response, Problem> {
+) -> Result<Response, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let event_id = header(ID_HEADER);
     let now = Utc::now().timestamp();
@@ -151,7 +150,7 @@ pub async fn receive_transaction_event(
     if !state.previous_signing_key.expose().is_empty() {
         keys.push(state.previous_signing_key.expose().as_bytes());
     }
-    if let Err(error) = webhook_signature::verify(
+    webhook_signature::verify(
         &keys,
         event_id,
         header(TIMESTAMP_HEADER),
@@ -159,15 +158,11 @@ pub async fn receive_transaction_event(
         &body,
         now,
         state.tolerance.as_secs(),
-    ) {
+    )
+    .inspect_err(|error| {
         count_webhook("unauthenticated");
         tracing::warn!(event_id, %error, "webhook rejected");
-        return Err(Problem::unauthorized(match error {
-            SignatureError::MalformedHeader(name) => format!("the {name} header is missing or malformed"),
-            SignatureError::Stale => "the webhook timestamp is too old or in the future".to_owned(),
-            SignatureError::Mismatch => "the signature does not match".to_owned(),
-        }));
-    }
+    })?;
     // The only event type this service consumes today, as transaction-api sends it.
     let event: Event<TransactionCreated> = parse_json(&body).inspect_err(|_| count_webhook("invalid"))?;
     let mut errors = Vec::new();
@@ -181,13 +176,11 @@ pub async fn receive_transaction_event(
     check_user_id(&event.data.user_id, &mut errors, "data.user_id");
     if !errors.is_empty() {
         count_webhook("invalid");
-        return Err(Problem::validation(errors));
+        return Err(ApiError::Validation(errors));
     }
     let data = &event.data;
     let message = format!("Transaction {} of {} {} {}", data.id, data.amount, data.currency, data.status);
-    let recorded = store::record_event(&state.pool, &event.id, &data.user_id, &message)
-        .await
-        .map_err(|e| platform::db::error_problem(&e))?;
+    let recorded = store::record_event(&state.pool, &event.id, &data.user_id, &message).await?;
     Ok(match recorded {
         Recorded::New(notification) => {
             count_webhook("created");
@@ -228,9 +221,9 @@ pub async fn list_notifications(
     principal: Principal,
     ApiPath(user_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<NotificationPage>, Response> {
-    principal.require_scope(READ_SCOPE).map_err(IntoResponse::into_response)?;
-    principal.require_acts_for(&user_id).map_err(IntoResponse::into_response)?;
+) -> Result<Json<NotificationPage>, ApiError> {
+    principal.require_scope(READ_SCOPE)?;
+    principal.require_acts_for(&user_id)?;
     let limit = query.limit.unwrap_or(state.pagination.default_limit);
     let mut errors = Vec::new();
     if limit == 0 || limit > state.pagination.max_limit {
@@ -240,11 +233,9 @@ pub async fn list_notifications(
         errors.push(FieldError::new("cursor", "is not a cursor returned by this endpoint"));
     }
     if !errors.is_empty() {
-        return Err(Problem::validation(errors).into_response());
+        return Err(ApiError::Validation(errors));
     }
-    let mut items = store::page(&state.pool, &user_id, query.cursor.as_deref(), limit)
-        .await
-        .map_err(|e| platform::db::error_problem(&e).into_response())?;
+    let mut items = store::page(&state.pool, &user_id, query.cursor.as_deref(), limit).await?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
         items.last().map(|n| n.id.clone())

@@ -1,6 +1,7 @@
 //! notification-service: stores user notifications, from its API and from signed webhook events.
 
 pub mod config;
+pub mod error;
 pub mod http;
 pub mod store;
 

@@ -383,10 +383,11 @@ fn refusal(error: &AuthError, realm: Option<&str>) -> Response {
             Some(format!("Bearer {realm}error=\"insufficient_scope\", scope=\"{scope}\"")),
         ),
         AuthError::NotYours => (Problem::forbidden(error.to_string()), None),
-        AuthError::KeysUnavailable => {
-            tracing::error!("no trusted issuer's keys could be read; refusing every token");
-            (Problem::service_unavailable(error.to_string()), None)
-        }
+        AuthError::KeysUnavailable => (
+            Problem::service_unavailable(error.to_string())
+                .with_cause_text("no trusted issuer's keys could be read; refusing every token"),
+            None,
+        ),
     };
     let mut response = problem.into_response();
     if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(c.trim_end()).ok()) {

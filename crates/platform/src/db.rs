@@ -1,7 +1,7 @@
 //! PostgreSQL: a pool bound to the service's own schema, TLS mode and CA bundle from config,
 //! credentials re-read from their file after a rotation, embedded migrations run as the schema's
-//! owner, the pool's readiness check and stop hook. The roles and grants themselves are in
-//! [`roles`] (docs/adr/0008).
+//! owner, the pool's readiness check and stop hook, and query errors as problems. The roles and
+//! grants themselves are in [`roles`] (docs/adr/0008).
 
 pub mod roles;
 
@@ -12,6 +12,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{Connection, PgConnection, PgPool};
 
+use crate::Problem;
 use crate::config::{ConfigError, DatabaseConfig, SslMode};
 use crate::server::{ReadinessCheck, StopHook};
 
@@ -192,15 +193,24 @@ const RETRY_AFTER_SECONDS: u32 = 2;
 
 /// The problem+json answer for a failed query: 503 with Retry-After when the database is
 /// unreachable, the pool exhausted, or the login refused (as while a password rotation reaches
-/// the pods: the old password is gone before the new one is read), otherwise a logged 500.
-pub fn error_problem(error: &sqlx::Error) -> crate::Problem {
-    if is_unavailable(error) {
-        tracing::error!(%error, "database unavailable");
-        let mut problem = crate::Problem::service_unavailable("the database is unavailable; retry later");
-        problem.retry_after_seconds = Some(RETRY_AFTER_SECONDS);
-        return problem;
+/// the pods: the old password is gone before the new one is read), otherwise a 500. Either way
+/// the error is the problem's cause, logged by the server.
+impl From<sqlx::Error> for Problem {
+    fn from(error: sqlx::Error) -> Self {
+        Self::from(&error)
     }
-    crate::Problem::internal_logged(error)
+}
+
+impl From<&sqlx::Error> for Problem {
+    fn from(error: &sqlx::Error) -> Self {
+        if is_unavailable(error) {
+            let mut problem =
+                Problem::service_unavailable("the database is unavailable; retry later").with_cause(error);
+            problem.retry_after_seconds = Some(RETRY_AFTER_SECONDS);
+            return problem;
+        }
+        Problem::internal_caused_by(error)
+    }
 }
 
 /// Whether `error` says the database cannot serve now (retrying later may work), not that the

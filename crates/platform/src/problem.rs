@@ -44,7 +44,17 @@ pub struct Problem {
     /// Seconds to wait before retrying (429 and 503).
     #[serde(skip)]
     pub retry_after_seconds: Option<u32>,
+    /// What went wrong inside (an error and its causes), for the log alone: never serialised,
+    /// never sent. The server logs it once per response, at error level for a 5xx, so the code
+    /// that answers with a problem never logs it itself.
+    #[serde(skip)]
+    pub cause: Option<String>,
 }
+
+/// A problem's internal cause, carried in its response's extensions from the handler to the
+/// server's logging middleware (which removes it: it never leaves the process).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalCause(pub String);
 
 impl Problem {
     pub fn new(status: StatusCode, slug: &str, title: &str) -> Self {
@@ -56,7 +66,19 @@ impl Problem {
             errors: Vec::new(),
             extensions: serde_json::Map::new(),
             retry_after_seconds: None,
+            cause: None,
         }
+    }
+
+    /// Records `error`, with its whole chain of causes, as the internal cause to log.
+    pub fn with_cause(self, error: &(dyn std::error::Error + 'static)) -> Self {
+        self.with_cause_text(crate::error_chain(error))
+    }
+
+    /// Records an internal cause that is not an error value (e.g. a panic's message).
+    pub fn with_cause_text(mut self, cause: impl Into<String>) -> Self {
+        self.cause = Some(cause.into());
+        self
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
@@ -145,16 +167,16 @@ impl Problem {
         ))
     }
 
-    /// 500 with nothing about the cause: the caller logs the cause, the client gets the request id.
+    /// 500 with nothing about the cause: the client gets the request id; give the cause to log
+    /// with [`Self::with_cause`], or use [`Self::internal_caused_by`].
     pub fn internal() -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal-error", "Internal server error")
             .with_detail("the error was logged; quote the x-request-id header when reporting it")
     }
 
-    /// Logs `error` with its cause chain and returns a bare 500.
-    pub fn internal_logged(error: &(dyn std::error::Error + 'static)) -> Self {
-        tracing::error!(error = %crate::error_chain(error), "internal error");
-        Self::internal()
+    /// A bare 500 whose logged cause is `error` with its chain.
+    pub fn internal_caused_by(error: &(dyn std::error::Error + 'static)) -> Self {
+        Self::internal().with_cause(error)
     }
 
     pub fn status_code(&self) -> StatusCode {
@@ -166,11 +188,15 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status_code();
         let retry_after = self.retry_after_seconds;
+        let cause = self.cause.clone();
         let mut response = (status, Json(self)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(cause) = cause {
+            response.extensions_mut().insert(InternalCause(cause));
         }
         response
     }
@@ -184,4 +210,32 @@ pub async fn not_found_fallback() -> Problem {
 /// Fallback for known routes called with the wrong method.
 pub async fn method_not_allowed_fallback() -> Problem {
     Problem::method_not_allowed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot store the row")]
+    struct Outer(#[source] std::io::Error);
+
+    #[tokio::test]
+    async fn the_cause_rides_in_the_response_extensions_and_never_in_the_body() {
+        let error = Outer(std::io::Error::other("connection reset"));
+        let response = Problem::internal_caused_by(&error).into_response();
+        assert_eq!(
+            response.extensions().get::<InternalCause>(),
+            Some(&InternalCause("cannot store the row: connection reset".to_owned())),
+            "the whole chain, for the log"
+        );
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        let text = String::from_utf8(body.to_vec()).expect("utf-8");
+        assert!(!text.contains("connection reset") && !text.contains("cannot store"), "{text}");
+    }
+
+    #[test]
+    fn a_problem_without_a_cause_carries_none() {
+        assert!(Problem::not_found("no such thing").into_response().extensions().get::<InternalCause>().is_none());
+    }
 }

@@ -27,7 +27,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::config::{ServerConfig, TlsConfig};
 use crate::extract::BodyLimit;
-use crate::problem::{self, Problem};
+use crate::problem::{self, InternalCause, Problem};
 use crate::rate_limit::RateLimiter;
 use crate::{metrics as red, telemetry};
 
@@ -244,11 +244,36 @@ fn with_middleware(routes: Router, config: &ServerConfig, limits: RateLimits) ->
         // Outside the rate limit, so that 429s are counted too.
         .layer(middleware::from_fn(red::record_red))
         .layer(middleware::from_fn(move |req, next| limit_body(body_limit, req, next)))
+        .layer(CatchPanicLayer::custom(panic_problem))
+        // Inside the request span, so each log line carries the request and trace ids.
+        .layer(middleware::from_fn(log_internal_errors))
         .layer(middleware::from_fn(telemetry::request_context))
-        .layer(CatchPanicLayer::custom(|_| {
-            tracing::error!("handler panicked");
-            Problem::internal().into_response()
-        }))
+}
+
+/// The one place internal errors are logged: a response whose problem carries an internal
+/// cause ([`Problem::with_cause`]) is logged once here, at error level for a 5xx, with the cause's
+/// whole chain. Handlers return their errors and never log them; 4xx never log at error level.
+async fn log_internal_errors(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    if let Some(InternalCause(cause)) = response.extensions_mut().remove::<InternalCause>() {
+        let status = response.status().as_u16();
+        if response.status().is_server_error() {
+            tracing::error!(status, error = %cause, "request failed");
+        } else {
+            tracing::debug!(status, error = %cause, "request refused");
+        }
+    }
+    response
+}
+
+/// A panicking handler answers a bare 500; the panic's message is its logged cause.
+fn panic_problem(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|m| (*m).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text payload".to_owned());
+    Problem::internal().with_cause_text(format!("handler panicked: {message}")).into_response()
 }
 
 async fn health() -> Response {

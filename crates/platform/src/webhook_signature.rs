@@ -19,9 +19,9 @@ type HmacSha256 = Hmac<Sha256>;
 pub enum SignatureError {
     #[error("the {0} header is missing or malformed")]
     MalformedHeader(&'static str),
-    #[error("the timestamp is outside the accepted window")]
+    #[error("the webhook timestamp is too old or in the future")]
     Stale,
-    #[error("no signature matches")]
+    #[error("the signature does not match")]
     Mismatch,
 }
 

@@ -99,10 +99,13 @@ async fn a_refused_login_is_a_503_with_retry_after_not_a_500() {
         .await
         .expect_err("the role does not exist");
     assert!(matches!(&error, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("28"))), "{error}");
-    let problem = platform::db::error_problem(&error);
+    let problem = platform::Problem::from(error);
     assert_eq!((problem.status, problem.retry_after_seconds), (503, Some(2)));
+    assert!(problem.cause.as_deref().is_some_and(|c| c.contains("no_such_role_after_rotation")), "{problem:?}");
     // A query that is wrong stays a 500: retrying it will not help.
     let mut connection = sqlx::PgConnection::connect(&database_url).await.expect("connect");
     let wrong = sqlx::query("SELECT no_such_column FROM pg_class").execute(&mut connection).await.expect_err("bad SQL");
-    assert_eq!(platform::db::error_problem(&wrong).status, 500);
+    let problem = platform::Problem::from(wrong);
+    assert_eq!((problem.status, problem.retry_after_seconds), (500, None));
+    assert!(problem.cause.as_deref().is_some_and(|c| c.contains("no_such_column")), "{problem:?}");
 }

@@ -1,10 +1,10 @@
-//! The one error type of transaction-api handlers and its mapping to problem+json.
+//! The one error type of transaction-api, handlers and store alike, and its mapping to problem+json.
+//!
+//! Internal causes ride in the problem ([`Problem::with_cause`]); the server logs them once.
 
 use axum::response::{IntoResponse, Response};
 use platform::auth::AuthError;
 use platform::{FieldError, Problem};
-
-use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -27,20 +27,10 @@ pub enum ApiError {
     Database(#[from] sqlx::Error),
 }
 
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::IdempotencyKeyReused => Self::IdempotencyKeyReused,
-            StoreError::IdempotencyKeyInProgress => Self::IdempotencyKeyInProgress,
-            StoreError::Database(e) => Self::Database(e),
-        }
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let problem = match &self {
-            Self::Validation(errors) => Problem::validation(errors.clone()),
+        let problem = match self {
+            Self::Validation(errors) => Problem::validation(errors),
             Self::NotFound(id) => Problem::not_found(format!("no transaction with id `{id}`")),
             Self::IdempotencyKeyReused => Problem::unprocessable(
                 "idempotency-key-reused",
@@ -54,13 +44,58 @@ impl IntoResponse for ApiError {
                 problem.retry_after_seconds = Some(1);
                 problem
             }
-            Self::Database(error) => platform::db::error_problem(error),
-            Self::Auth(error) => return error.clone().into_response(),
+            Self::Database(error) => Problem::from(error),
+            Self::Auth(error) => return error.into_response(),
             Self::OutcomeUnknown(error) => {
-                tracing::error!(error = %platform::error_chain(error), "create failed mid-commit; outcome unknown");
                 Problem::outcome_unknown("the database connection failed while the transaction was being stored")
+                    .with_cause(&error)
             }
         };
         problem.into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use platform::problem::InternalCause;
+
+    use super::*;
+
+    fn cause(response: &Response) -> Option<&str> {
+        response.extensions().get::<InternalCause>().map(|c| c.0.as_str())
+    }
+
+    #[test]
+    fn client_errors_carry_no_cause_to_log() {
+        for (error, status) in [
+            (ApiError::NotFound("txn_1".to_owned()), 404),
+            (ApiError::IdempotencyKeyReused, 422),
+            (ApiError::IdempotencyKeyInProgress, 409),
+            (ApiError::Validation(vec![FieldError::new("amount", "must be positive")]), 422),
+        ] {
+            let response = error.into_response();
+            assert_eq!(response.status(), status);
+            assert_eq!(cause(&response), None, "{status}");
+        }
+    }
+
+    #[test]
+    fn database_errors_are_mapped_by_the_platform_with_their_cause() {
+        let unavailable = ApiError::from(sqlx::Error::PoolTimedOut).into_response();
+        assert_eq!(unavailable.status(), 503);
+        assert_eq!(unavailable.headers()["retry-after"], "2");
+        assert!(cause(&unavailable).is_some_and(|c| c.contains("pool timed out")));
+        let broken = ApiError::from(sqlx::Error::RowNotFound).into_response();
+        assert_eq!(broken.status(), 500);
+        assert!(cause(&broken).is_some_and(|c| c.contains("no rows returned")), "{:?}", cause(&broken));
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_a_504_without_retry_after_whose_cause_is_logged() {
+        let error = sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset-by-peer"));
+        let response = ApiError::OutcomeUnknown(error).into_response();
+        assert_eq!(response.status(), 504);
+        assert!(!response.headers().contains_key("retry-after"));
+        assert!(cause(&response).is_some_and(|c| c.contains("reset-by-peer")), "{:?}", cause(&response));
     }
 }

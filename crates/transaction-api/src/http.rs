@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use crate::error::ApiError;
 use crate::money::{Currencies, Money, MoneyError, parse_amount};
 use crate::outbox;
-use crate::store::{self, Created, Idempotency, NewTransaction, StoreError, Transaction};
+use crate::store::{self, Created, Idempotency, NewTransaction, Transaction};
 
 /// Header carrying the client's idempotency key.
 pub use platform::server::IDEMPOTENCY_KEY;
@@ -159,10 +159,10 @@ pub async fn create_transaction(
             .map_err(|error| match error {
                 // Lost mid-statement, the insert may have committed. With a key a retry replays
                 // it, so 503 (retry) stays honest; without one, say the outcome is unknown.
-                StoreError::Database(e) if idempotency_key.is_none() && outcome_unknown(&e) => {
+                ApiError::Database(e) if idempotency_key.is_none() && outcome_unknown(&e) => {
                     ApiError::OutcomeUnknown(e)
                 }
-                other => other.into(),
+                other => other,
             })?;
     let (transaction, replayed) = match created {
         Created::New(t) => {

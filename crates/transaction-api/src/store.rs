@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
+use crate::error::ApiError;
 use crate::money::{Money, format_stored};
 
 /// A stored transaction as the API shows it.
@@ -69,16 +70,6 @@ pub enum Created {
     Replayed(Transaction),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("the idempotency key was already used with a different request")]
-    IdempotencyKeyReused,
-    #[error("another request with this idempotency key is still in progress")]
-    IdempotencyKeyInProgress,
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-}
-
 /// SQLSTATE 55P03: a lock wait exceeded `lock_timeout`.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
@@ -124,7 +115,7 @@ pub async fn create(
     new: &NewTransaction,
     idempotency: Option<Idempotency<'_>>,
     make_event: impl FnOnce(&Transaction) -> OutboxEvent,
-) -> Result<Created, StoreError> {
+) -> Result<Created, ApiError> {
     let transaction = Transaction {
         id: id.to_owned(),
         user_id: new.user_id.clone(),
@@ -164,8 +155,8 @@ pub async fn create(
     .execute(&mut *tx)
     .await
     .map_err(|error| match error.as_database_error().and_then(|e| e.code()) {
-        Some(code) if code == LOCK_NOT_AVAILABLE => StoreError::IdempotencyKeyInProgress,
-        _ => StoreError::Database(error),
+        Some(code) if code == LOCK_NOT_AVAILABLE => ApiError::IdempotencyKeyInProgress,
+        _ => ApiError::Database(error),
     })?
     .rows_affected()
         == 1;
@@ -238,9 +229,9 @@ async fn replay(
     pool: &PgPool,
     (stored_fingerprint, transaction_id): (Vec<u8>, String),
     fingerprint: &[u8],
-) -> Result<Created, StoreError> {
+) -> Result<Created, ApiError> {
     if stored_fingerprint != fingerprint {
-        return Err(StoreError::IdempotencyKeyReused);
+        return Err(ApiError::IdempotencyKeyReused);
     }
     let transaction = find(pool, &transaction_id).await?.ok_or(sqlx::Error::RowNotFound)?;
     Ok(Created::Replayed(transaction))

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::PgPool;
-use transaction_api::store::{self, Created, Idempotency, NewTransaction, StoreError, Transaction};
+use transaction_api::error::ApiError;
+use transaction_api::store::{self, Created, Idempotency, NewTransaction, Transaction};
 
 use crate::helpers::{Options, assert_problem, brl, spawn_app, spawn_app_with};
 
@@ -89,7 +90,7 @@ async fn a_key_held_by_a_request_in_progress_gets_409_with_retry_after() {
 }
 
 /// `store::create` as the handler calls it, for `principal` with `key`, a TTL of an hour.
-async fn create(pool: &PgPool, principal: &str, key: &str, amount: &str) -> Result<Created, StoreError> {
+async fn create(pool: &PgPool, principal: &str, key: &str, amount: &str) -> Result<Created, ApiError> {
     let new = NewTransaction { user_id: "u-scoped".to_owned(), money: format!("{amount} BRL").parse().expect("money") };
     let id = platform::ids::new_id("txn");
     let idempotency = Idempotency { key, wait: Duration::from_secs(2), ttl: Duration::from_secs(60 * 60) };
@@ -99,14 +100,14 @@ async fn create(pool: &PgPool, principal: &str, key: &str, amount: &str) -> Resu
     .await
 }
 
-fn new(created: Result<Created, StoreError>) -> Transaction {
+fn new(created: Result<Created, ApiError>) -> Transaction {
     match created {
         Ok(Created::New(t)) => t,
         other => panic!("expected a new transaction, got {other:?}"),
     }
 }
 
-fn replayed(created: Result<Created, StoreError>) -> Transaction {
+fn replayed(created: Result<Created, ApiError>) -> Transaction {
     match created {
         Ok(Created::Replayed(t)) => t,
         other => panic!("expected a replay, got {other:?}"),
@@ -123,7 +124,7 @@ async fn the_same_key_from_two_principals_is_two_transactions() {
     assert_eq!(replayed(create(&app.pool, "https://issuer.example bob", "order-1", "10").await), bob);
     // A conflicting reuse is judged against the principal's own request, not the other's.
     let reused = create(&app.pool, "https://issuer.example bob", "order-1", "11.00").await;
-    assert!(matches!(reused, Err(StoreError::IdempotencyKeyReused)), "{reused:?}");
+    assert!(matches!(reused, Err(ApiError::IdempotencyKeyReused)), "{reused:?}");
     // Keys stored before keys were scoped belong to no principal, and stay out of every caller's way.
     let legacy = new(create(&app.pool, "", "order-1", "12.00").await);
     assert_ne!(legacy.id, alice.id);
@@ -151,7 +152,7 @@ async fn an_expired_key_is_free_again_and_creates_a_new_transaction() {
     assert_eq!((transaction_id.as_str(), live), (second.id.as_str(), true), "taken over with a fresh TTL");
     // The key now holds the second request: another body is a conflicting reuse again.
     let reused = create(&app.pool, "p", "renewed", "11.00").await;
-    assert!(matches!(reused, Err(StoreError::IdempotencyKeyReused)), "{reused:?}");
+    assert!(matches!(reused, Err(ApiError::IdempotencyKeyReused)), "{reused:?}");
     assert_eq!(app.transaction_count().await, 2);
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&app.pool).await.expect("count");
     assert_eq!(events, 2, "one event per transaction");
