@@ -40,6 +40,15 @@ pub fn run(args: &TestArgs) -> Result<()> {
         }
         None => eprintln!("xtask: cargo-deny not installed, skipping it (cargo install cargo-deny --locked)"),
     }
+    // Keeps unused dependencies gone (a string-only use is listed in the crate's
+    // `[package.metadata.cargo-machete]`).
+    match which("cargo-machete") {
+        Some(_) => steps.push(Step { name: "cargo-machete (no unused dependencies)", command: cargo(&["machete"]) }),
+        None if std::env::var_os("CI").is_some() => {
+            bail!("cargo-machete is required in CI: cargo install cargo-machete --locked")
+        }
+        None => eprintln!("xtask: cargo-machete not installed, skipping it (cargo install cargo-machete --locked)"),
+    }
     for step in steps {
         run_step(step)?;
     }
