@@ -43,7 +43,12 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // Keeps unused dependencies gone (a string-only use is listed in the crate's
     // `[package.metadata.cargo-machete]`).
     match which("cargo-machete") {
-        Some(_) => steps.push(Step { name: "cargo-machete (no unused dependencies)", command: cargo(&["machete"]) }),
+        Some(machete) => {
+            // Called directly: run as `cargo machete` it takes the word `machete` for a path.
+            let mut command = Command::new(machete);
+            command.current_dir(crate::workspace_root());
+            steps.push(Step { name: "cargo-machete (no unused dependencies)", command });
+        }
         None if std::env::var_os("CI").is_some() => {
             bail!("cargo-machete is required in CI: cargo install cargo-machete --locked")
         }
