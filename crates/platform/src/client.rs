@@ -7,6 +7,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::breaker::CircuitBreaker;
+use crate::trace_context::{self, TRACEPARENT, TraceContext};
 
 /// Retry and breaker settings for one downstream dependency.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -113,15 +114,16 @@ impl ResilientClient {
 
     /// Sends the request built by `build` (called once per attempt), retrying transport errors,
     /// 429 and 5xx. Only use it for idempotent requests: a retry may repeat a request whose
-    /// response was lost. Each attempt carries the current span's trace context (`traceparent`),
-    /// so the receiver's span is a child of the span making this call (the request or delivery
-    /// span: instrument the call's future with it).
-    pub async fn send_idempotent<F>(&self, build: F) -> Result<reqwest::Response, ClientError>
+    /// response was lost. `trace` is the parent context (the current request's when `None`).
+    pub async fn send_idempotent<F>(
+        &self,
+        trace: Option<TraceContext>,
+        build: F,
+    ) -> Result<reqwest::Response, ClientError>
     where
         F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     {
-        let mut trace = http::HeaderMap::new();
-        crate::telemetry::inject_current(&mut trace);
+        let parent = trace.or_else(trace_context::current).unwrap_or_else(TraceContext::new_root);
         let mut attempt = 1;
         loop {
             // Dropped unreported if this future is cancelled mid-attempt: the breaker then treats
@@ -130,7 +132,8 @@ impl ResilientClient {
                 return Err(ClientError::CircuitOpen(self.name));
             };
             let started = std::time::Instant::now();
-            let outcome = build(&self.http).headers(trace.clone()).send().await;
+            // The receiver's parent is the span making this call (the request or delivery span).
+            let outcome = build(&self.http).header(TRACEPARENT, parent.to_string()).send().await;
             let result = match outcome {
                 Ok(response) if response.status().is_success() => Ok(response),
                 Ok(response) => {
@@ -238,7 +241,7 @@ mod tests {
         metrics::with_local_recorder(&recorder, || {
             runtime.block_on(async {
                 let client = ResilientClient::new("flaky", config).expect("client");
-                let response = client.send_idempotent(|http| http.get(&url)).await.expect("third attempt");
+                let response = client.send_idempotent(None, |http| http.get(&url)).await.expect("third attempt");
                 assert_eq!(response.status().as_u16(), 200);
             });
         });

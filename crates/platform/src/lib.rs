@@ -18,6 +18,7 @@ pub mod secret_references;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod trace_context;
 pub mod webhook_signature;
 
 #[cfg(feature = "testkit")]

@@ -1,114 +1,51 @@
-//! One place that sets up logging and request correlation: JSON logs, request ids, and W3C trace
-//! context through OpenTelemetry, with OTLP/HTTP trace export when configured.
-//!
-//! The OpenTelemetry SDK always runs, so trace ids, span ids and the `traceparent` read and sent
-//! come from one implementation whether or not traces are exported: the SDK's
-//! `TraceContextPropagator` (opentelemetry_sdk 0.33, `src/propagation/trace_context.rs`: strict
-//! W3C parsing, unknown flags dropped) over `opentelemetry_http::{HeaderExtractor,
-//! HeaderInjector}`, with tracing spans bridged by tracing-opentelemetry (0.34,
-//! `OpenTelemetrySpanExt::set_parent` must run before the span is first used, `context()` for
-//! what to inject). `telemetry.otlp_endpoint` only decides whether a batch exporter is attached.
+//! One place that sets up logging and request correlation: JSON logs, request ids, trace ids,
+//! and optional OpenTelemetry (OTLP/HTTP) trace export.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use http::{HeaderMap, HeaderValue};
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, TracerProvider};
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use http::HeaderValue;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{FilterExt, filter_fn};
-use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogFormat, TelemetryConfig};
+use crate::trace_context::{self, TRACEPARENT, TraceContext};
 
 /// Header carrying the request id; accepted from the caller or generated, always returned.
 pub const REQUEST_ID: &str = "x-request-id";
 
-/// Header carrying the W3C trace context between services.
-pub const TRACEPARENT: &str = "traceparent";
-/// Header carrying vendor trace state beside `traceparent`.
-const TRACESTATE: &str = "tracestate";
-
-/// Set by the first [`init`]; flushed by [`shutdown`].
+/// Set when traces are exported; flushed by [`shutdown`].
 static TRACER_PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
-/// Whether spans leave the process (an OTLP endpoint is configured).
-static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// Installs the global tracing subscriber. Later calls are no-ops, so in-process tests can start
 /// several services. Call it before starting the async runtime (the exporter runs on its own thread).
 pub fn init(service: &'static str, config: &TelemetryConfig) -> Result<(), String> {
-    install(service, config, std::io::stdout)
-}
-
-/// [`init`], with the log lines written to the returned buffer instead of stdout.
-#[cfg(feature = "testkit")]
-pub fn init_capturing_logs(
-    service: &'static str,
-    config: &TelemetryConfig,
-) -> Result<std::sync::Arc<std::sync::Mutex<Vec<u8>>>, String> {
-    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = logs.clone();
-    install(service, config, move || CapturedLogs(sink.clone()))?;
-    Ok(logs)
-}
-
-#[cfg(feature = "testkit")]
-struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-#[cfg(feature = "testkit")]
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn install<W>(service: &'static str, config: &TelemetryConfig, writer: W) -> Result<(), String>
-where
-    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
-{
     let filter = EnvFilter::try_new(&config.log_level)
         .map_err(|e| format!("invalid configuration: `telemetry.log_level`: {e}"))?;
-    if TRACER_PROVIDER.get().is_some() {
-        return Ok(());
-    }
-    let provider = tracer_provider(service, config.otlp_endpoint.as_deref())?;
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
-    let logs: Box<dyn Layer<_> + Send + Sync> = match config.log_format {
-        LogFormat::Json => Box::new(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
-                .with_writer(writer),
-        ),
-        LogFormat::Pretty => Box::new(tracing_subscriber::fmt::layer().compact().with_writer(writer)),
+    let otel = match &config.otlp_endpoint {
+        Some(endpoint) if TRACER_PROVIDER.get().is_none() => {
+            let provider = tracer_provider(service, endpoint)?;
+            let tracer = provider.tracer(service);
+            let _ = TRACER_PROVIDER.set(provider);
+            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+        }
+        _ => None,
     };
-    // Spans at info and above are always on, whatever the log level: the request and delivery
-    // spans carry the trace context, which must propagate even when only warnings are logged
-    // (and warnings logged inside them then show the trace id).
-    let spans = filter_fn(|metadata| metadata.is_span() && *metadata.level() <= tracing::Level::INFO);
-    let installed = tracing_subscriber::registry().with(otel.and_then(logs).with_filter(filter.or(spans))).try_init();
+    let json = (config.log_format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false)
+    });
+    let pretty = (config.log_format == LogFormat::Pretty).then(|| tracing_subscriber::fmt::layer().compact());
+    let installed = tracing_subscriber::registry().with(filter).with(otel).with(json).with(pretty).try_init();
     if installed.is_ok() {
-        EXPORTING.store(config.otlp_endpoint.is_some(), Ordering::Relaxed);
-        let _ = TRACER_PROVIDER.set(provider);
         tracing::info!(
             service,
             version = env!("CARGO_PKG_VERSION"),
@@ -119,29 +56,23 @@ where
     Ok(())
 }
 
-/// The SDK's provider: it makes the ids either way; with `endpoint`, spans are also exported.
-fn tracer_provider(service: &'static str, endpoint: Option<&str>) -> Result<SdkTracerProvider, String> {
-    let mut provider =
-        SdkTracerProvider::builder().with_resource(Resource::builder().with_service_name(service).build());
-    if let Some(endpoint) = endpoint {
-        let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(url)
-            .with_timeout(std::time::Duration::from_secs(5))
-            .with_headers(Default::default())
-            .build()
-            .map_err(|e| format!("invalid configuration: `telemetry.otlp_endpoint`: {e}"))?;
-        provider = provider.with_batch_exporter(exporter);
-    }
-    Ok(provider.build())
+fn tracer_provider(service: &'static str, endpoint: &str) -> Result<SdkTracerProvider, String> {
+    let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(url)
+        .with_timeout(std::time::Duration::from_secs(5))
+        .with_headers(Default::default())
+        .build()
+        .map_err(|e| format!("invalid configuration: `telemetry.otlp_endpoint`: {e}"))?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(Resource::builder().with_service_name(service).build())
+        .build())
 }
 
 /// Exports the spans still buffered. Call once, when the service stops.
 pub fn shutdown() {
-    if !EXPORTING.load(Ordering::Relaxed) {
-        return;
-    }
     if let Some(Err(error)) = TRACER_PROVIDER.get().map(SdkTracerProvider::shutdown) {
         eprintln!("telemetry: flushing traces failed: {error}");
     }
@@ -160,6 +91,7 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         .filter(|v| is_acceptable_request_id(v))
         .map(str::to_owned)
         .unwrap_or_else(|| ulid::Ulid::new().to_string());
+    let parent = request.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(TraceContext::parse);
     // Named after the route template once routing has matched (`name_request_span`).
     let span = tracing::info_span!(
         "request",
@@ -170,9 +102,11 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
-    follow_parent(&span, request.headers());
+    let context = join_trace(&span, parent);
+    span.record("trace_id", context.trace_id_hex());
+    span.record("span_id", context.span_id_hex());
     request.extensions_mut().insert(RequestId(request_id.clone()));
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response = trace_context::scope(context, next.run(request).instrument(span.clone())).await;
     span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "request finished"));
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
@@ -180,46 +114,31 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// Makes `span` a child of the trace context in `headers` (`traceparent`), or the root of a new
-/// trace when there is none or it is malformed, and records its `trace_id` and `span_id` fields
-/// (declared `Empty` by the span) for the logs. Call it before the span is entered.
-pub fn follow_parent(span: &tracing::Span, headers: &HeaderMap) {
-    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    // Fails only for a span no subscriber records (telemetry not initialised, or filtered out).
-    let _ = span.set_parent(parent);
-    let context = span.context();
-    let current = context.span();
+/// Makes `span` part of the caller's trace (or a new one) and returns its position in it.
+///
+/// With export on, the ids are OpenTelemetry's, so logs, exported spans and the `traceparent`
+/// sent downstream all agree; otherwise they are generated here.
+pub fn join_trace(span: &tracing::Span, parent: Option<TraceContext>) -> TraceContext {
+    if TRACER_PROVIDER.get().is_none() {
+        return parent.map(|p| p.child()).unwrap_or_else(TraceContext::new_root);
+    }
+    if let Some(parent) = parent {
+        let remote = SpanContext::new(
+            TraceId::from_bytes(parent.trace_id),
+            SpanId::from_bytes(parent.span_id),
+            if parent.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() },
+            true,
+            TraceState::default(),
+        );
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+    let otel = span.context();
+    let current = otel.span();
     let ids = current.span_context();
-    if ids.is_valid() {
-        span.record("trace_id", ids.trace_id().to_string());
-        span.record("span_id", ids.span_id().to_string());
+    if !ids.is_valid() {
+        return parent.map(|p| p.child()).unwrap_or_else(TraceContext::new_root);
     }
-}
-
-/// [`follow_parent`] for a `traceparent` kept as text (the outbox stores the creating request's).
-pub fn follow_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
-    let mut headers = HeaderMap::new();
-    if let Some(value) = traceparent.and_then(|t| HeaderValue::from_str(t).ok()) {
-        headers.insert(TRACEPARENT, value);
-    }
-    follow_parent(span, &headers);
-}
-
-/// Adds the current span's trace context (`traceparent`, `tracestate`) to outgoing `headers`, so
-/// the receiver's span is a child of this one. Adds nothing outside a recorded span.
-pub fn inject_current(headers: &mut HeaderMap) {
-    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut HeaderInjector(headers));
-    // The propagator writes `tracestate` even when it is empty; an empty one means nothing.
-    if headers.get(TRACESTATE).is_some_and(HeaderValue::is_empty) {
-        headers.remove(TRACESTATE);
-    }
-}
-
-/// The `traceparent` that [`inject_current`] would send now, e.g. to store with work done later.
-pub fn current_traceparent() -> Option<String> {
-    let mut headers = HeaderMap::new();
-    inject_current(&mut headers);
-    headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    TraceContext { trace_id: ids.trace_id().to_bytes(), span_id: ids.span_id().to_bytes(), sampled: ids.is_sampled() }
 }
 
 /// Names the current request span after its route template (`GET /transactions/{id}`), once
@@ -227,7 +146,7 @@ pub fn current_traceparent() -> Option<String> {
 pub fn name_request_span(method: &str, route: &str) {
     let span = tracing::Span::current();
     span.record("route", route);
-    if EXPORTING.load(Ordering::Relaxed) {
+    if TRACER_PROVIDER.get().is_some() {
         span.context().span().update_name(format!("{method} {route}"));
     }
 }

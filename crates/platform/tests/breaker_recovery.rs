@@ -53,7 +53,7 @@ async fn a_cancelled_half_open_trial_lets_the_breaker_recover() {
         ca_path: None,
     };
     let client = ResilientClient::new("dependency", config).expect("client");
-    let call = || client.send_idempotent(|http| http.get(&url));
+    let call = || client.send_idempotent(None, |http| http.get(&url));
 
     // One failure opens the circuit; calls are then refused without reaching the dependency.
     assert!(matches!(call().await, Err(ClientError::Status { status: 503, .. })));

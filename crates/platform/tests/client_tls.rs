@@ -51,18 +51,18 @@ async fn the_client_verifies_the_receiver_against_its_ca_and_never_follows_redir
     let url = |path: &str| format!("https://localhost:{port}{path}");
 
     let trusting = client(Some(ours));
-    let response = trusting.send_idempotent(|http| http.get(url("/hook"))).await.expect("verified receiver");
+    let response = trusting.send_idempotent(None, |http| http.get(url("/hook"))).await.expect("verified receiver");
     assert_eq!(response.text().await.expect("body"), "delivered");
 
     let distrusting = client(Some(others));
-    match distrusting.send_idempotent(|http| http.get(url("/hook"))).await {
+    match distrusting.send_idempotent(None, |http| http.get(url("/hook"))).await {
         Err(ClientError::Transport(message)) => assert!(message.to_lowercase().contains("certificate"), "{message}"),
         other => panic!("a receiver signed by another CA must be refused, got {other:?}"),
     }
-    let plain = trusting.send_idempotent(|http| http.get(format!("http://localhost:{port}/hook"))).await;
+    let plain = trusting.send_idempotent(None, |http| http.get(format!("http://localhost:{port}/hook"))).await;
     assert!(matches!(plain, Err(ClientError::Transport(_))), "plain HTTP must be refused: {plain:?}");
 
-    match trusting.send_idempotent(|http| http.get(url("/moved"))).await {
+    match trusting.send_idempotent(None, |http| http.get(url("/moved"))).await {
         Err(ClientError::Status { status: 307, .. }) => {}
         other => panic!("a redirect must be reported, not followed: {other:?}"),
     }

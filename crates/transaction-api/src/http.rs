@@ -145,7 +145,7 @@ pub async fn create_transaction(
     let new = body.validate(state.max_amount, &state.currencies).map_err(ApiError::Validation)?;
     principal.require_acts_for(&new.user_id)?;
     let id = platform::ids::new_id("txn");
-    let traceparent = platform::telemetry::current_traceparent();
+    let traceparent = platform::trace_context::current().map(|c| c.to_string());
     let idempotency = idempotency_key.as_deref().map(|key| Idempotency {
         key,
         wait: state.idempotency_wait,

@@ -9,6 +9,7 @@ use chrono::Utc;
 use platform::Secret;
 use platform::client::{ClientError, ResilientClient, backoff};
 use platform::events::{Event, EventData, TransactionCreated};
+use platform::trace_context::TraceContext;
 use platform::webhook_signature::{self, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -165,18 +166,12 @@ impl Dispatcher {
             event.payload.as_bytes(),
         );
         // The delivery is a span in the trace of the request that created the transaction.
-        let span = tracing::info_span!(
-            "webhook delivery",
-            otel.name = "POST webhook",
-            event_id = %event.event_id,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-        );
-        platform::telemetry::follow_traceparent(&span, event.traceparent.as_deref());
+        let span = tracing::info_span!("webhook delivery", otel.name = "POST webhook", event_id = %event.event_id);
+        let trace = platform::telemetry::join_trace(&span, event.traceparent.as_deref().and_then(TraceContext::parse));
         let started = Instant::now();
         let result = self
             .client
-            .send_idempotent(|http| {
+            .send_idempotent(Some(trace), |http| {
                 http.post(&self.url)
                     .header("content-type", "application/json")
                     .header(ID_HEADER, &event.event_id)

@@ -128,7 +128,7 @@ async fn expect_503s_counted(http: &reqwest::Client, api: &Process, checks: &mut
 
 fn expect_logged_cause(api: &Process, cause: &str, checks: &mut Checks) {
     let logs = api.logs();
-    let logged = log_lines(&logs, &["database unavailable"]);
+    let logged = log_lines(&logs, &["request failed"]);
     show("logs (level ERROR)", logged.iter().take(2));
     checks.expect(
         logged.iter().any(|line| line.contains(cause) && line.contains("\"level\":\"ERROR\"")),
